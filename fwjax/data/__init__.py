@@ -1,0 +1,1 @@
+"""Datasets: manifest folders, FID-300, synthetic shoeprints, the pre-resized cache, batching."""
