@@ -1,0 +1,100 @@
+r"""Ranks an image collection against reference images, scores, times, stores and reports it.
+
+  python -m experiments.similarity --flagfile=experiments/flags/synthetic_retrieval.flags
+  python -m experiments.similarity --fid300_dir=../shared/data/fid300_dev --out_dir=/tmp/fid300
+  python -m experiments.similarity --collection_dir=seized/ --references=object_a/ \
+      --weights=resnet50.pth --metrics=cosine,euclidean --k=100 --out_dir=case_123
+
+The logic is in fwjax.similarity; this file only turns flags into a SimilarityConfig.
+"""
+
+from absl import app
+from absl import flags
+
+from fwjax import similarity
+
+_COLLECTION_DIR = flags.DEFINE_string(
+    'collection_dir', None, 'Folder of images to rank (recursive); class sub-folders, if every '
+    'image has one, are the ground truth.')
+_MANIFEST = flags.DEFINE_string('manifest', None, 'Manifest CSV (fwjax.data.manifest) of the '
+                                'images to rank.')
+_FID300_DIR = flags.DEFINE_string(
+    'fid300_dir', None, 'FID-300 in its own layout (references/*.png, tracks_cropped/*.jpg or '
+    'probes/, label_table.csv or labels.csv): every probe is ranked against every reference.')
+_SYNTHETIC = flags.DEFINE_integer(
+    'synthetic_retrieval', 0, 'Generate a synthetic retrieval set with this many shoe models (in '
+    'FID-300 layout, under --out_dir) and rank it; needs no data.')
+_SYNTHETIC_PROBES = flags.DEFINE_integer('synthetic_probes_per_model', 2,
+                                         'Probes per model of the synthetic retrieval set.')
+_REFERENCES = flags.DEFINE_list(
+    'references', [], 'Reference images: each file is one query; each folder is one query '
+    'fusing all of its images. Not used with --fid300_dir/--synthetic_retrieval (probes are).')
+_QUERIES_PER_CLASS = flags.DEFINE_integer(
+    'queries_per_class', 1, 'Without --references, on a class-folder collection: queries drawn '
+    'per class (held out of the collection).')
+_NUM_REFERENCES = flags.DEFINE_list('num_references', ['1'],
+                                    'Reference images fused per query; several values compare.')
+_WEIGHTS = flags.DEFINE_string(
+    'weights', None, 'torchvision ResNet-50 state dict (.pth/.safetensors) or a fwjax checkpoint '
+    'folder from experiments.descriptor (its body); unset: random initialisation.')
+_RANDOM_WIDTH = flags.DEFINE_integer('random_width', 64, 'ResNet base width for random init.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of random init, query drawing, synthetic data.')
+_STAGE = flags.DEFINE_string('stage', 'features', 'Feature stage: features (pooled layer4), '
+                             'layer1..layer4 (globally average-pooled).')
+_METRICS = flags.DEFINE_list('metrics', ['cosine'],
+                             'Distances: euclidean, sqeuclidean, manhattan, cosine, modified.')
+_FUSION = flags.DEFINE_enum('fusion', 'sum', ['sum', 'mean_feature', 'min'],
+                            'How the distances to several references of a query are combined.')
+_K = flags.DEFINE_integer('k', 0, 'Write only the top k of each ranking (0: the full order).')
+_HEIGHT = flags.DEFINE_integer('height', 224, 'Network input height.')
+_WIDTH = flags.DEFINE_integer('width', 224, 'Network input width.')
+_COMPOSITION = flags.DEFINE_string('composition', 'B-B-B',
+                                   'Channel composition of the greyscale image, e.g. B-H-N.')
+_POLICY = flags.DEFINE_enum('policy', 'pad', ['pad', 'squish'],
+                            'pad keeps each image\'s aspect ratio; squish stretches it.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per extraction step (all devices).')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', None,
+                                 'Feature cache root (default: <out_dir>/feature_cache).')
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder.')
+_RESULTS_DB = flags.DEFINE_string('results_db', None,
+                                  'SQLite results store (default: <out_dir>/results.sqlite).')
+_PRECISION_AT = flags.DEFINE_list('precision_at', ['1', '5', '10'], 'k values of precision@k.')
+_RECALL_LEVELS = flags.DEFINE_list('recall_levels', ['0.5', '1.0'],
+                                   'q values of inverse recall@q.')
+_HTML_TOP = flags.DEFINE_integer('html_top', 20, 'Results shown on each query\'s HTML page.')
+_NAME = flags.DEFINE_string('name', 'similarity', 'Run name in the results store.')
+
+flags.mark_flag_as_required('out_dir')
+
+
+def _resolved_flags() -> str:
+  """This experiment's flags as a flag file (absl's own flags left out)."""
+  holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
+  lines = [flags.FLAGS[h.name].serialize() for h in holders]
+  return '\n'.join(line for line in lines if line) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = similarity.SimilarityConfig(
+      out_dir=_OUT_DIR.value, collection_dir=_COLLECTION_DIR.value, manifest=_MANIFEST.value,
+      fid300_dir=_FID300_DIR.value, synthetic_retrieval=_SYNTHETIC.value,
+      synthetic_probes_per_model=_SYNTHETIC_PROBES.value, references=tuple(_REFERENCES.value),
+      queries_per_class=_QUERIES_PER_CLASS.value,
+      num_references=tuple(int(r) for r in _NUM_REFERENCES.value), weights=_WEIGHTS.value,
+      random_width=_RANDOM_WIDTH.value, seed=_SEED.value, stage=_STAGE.value,
+      metrics=tuple(_METRICS.value), fusion=_FUSION.value, k=_K.value, height=_HEIGHT.value,
+      width=_WIDTH.value, composition=_COMPOSITION.value, policy=_POLICY.value,
+      batch_size=_BATCH_SIZE.value, cache_dir=_CACHE_DIR.value, results_db=_RESULTS_DB.value,
+      precision_at=tuple(int(k) for k in _PRECISION_AT.value),
+      recall_levels=tuple(float(q) for q in _RECALL_LEVELS.value), html_top=_HTML_TOP.value,
+      name=_NAME.value, flags_text=_resolved_flags())
+  summary = similarity.run_similarity(config)
+  cmc = summary.get('cmc')
+  print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '
+        f'items, {summary["metric"]}' + (f', CMC {cmc}' if cmc else '') + f' -> {config.out_dir}')
+
+
+if __name__ == '__main__':
+  app.run(main)

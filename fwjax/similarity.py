@@ -1,0 +1,377 @@
+"""Similarity ranking of an image collection against reference images (de Bie 2020).
+
+An investigator holds one or a few images of an object of interest and wants a whole collection
+ranked by similarity to them, locally, with no trained class for that object. ``run_similarity``
+does the whole job: load the collection and the references, extract CNN features (cached by
+content, see ``fwjax.features``), rank with each requested metric and reference count (fused as in
+``fwjax.distances``), score where ground truth is known, time the three phases the thesis reports,
+store everything in the SQLite results store and write what a person reads (CSV, HTML, plots).
+
+Output folder layout::
+
+  flags.txt                       the resolved flags (re-run with --flagfile)
+  summary.json                    aggregated scores, timings, skipped images
+  features/collection.npy         collection features (memory-mapped), row i = collection.csv row i
+  features/references.npy         reference features, row i = references.csv row i
+  collection.csv, references.csv  index, path of every ranked item / reference image
+  R<r>/<metric>/<query>.csv       ranked list: rank, path, distance per metric (ordered by <metric>)
+  R<r>/pages/<query>.html         references and top results as thumbnails (primary metric)
+  cmc.png, inverse_recall.png     curves of every (metric, reference count) with ground truth
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fwjax import distances
+from fwjax import features as features_lib
+from fwjax import metrics as metrics_lib
+from fwjax import retrieval_report
+from fwjax.similarity_collections import Collection, load_collection
+
+CMC_PERCENTS = (1, 5, 10, 15, 20)
+# Published CMC on FID-300 (fractions of probes), drawn on the CMC plot of FID-300 runs.
+PUBLISHED_FID300 = {
+    'Kortylewski et al. 2014': {1: 0.147, 5: 0.307, 10: 0.397, 15: 0.433, 20: 0.467},
+    'Kong et al. 2019': {1: 0.727, 5: 0.823},
+}
+
+
+@dataclasses.dataclass
+class SimilarityConfig:
+  """Everything a similarity run depends on (the entry point fills it from flags).
+
+  Exactly one collection source must be set: ``collection_dir``, ``manifest``, ``fid300_dir`` or
+  ``synthetic_retrieval`` (see ``fwjax.similarity_collections.load_collection``).
+  """
+  out_dir: str
+  collection_dir: str | None = None
+  manifest: str | None = None
+  fid300_dir: str | None = None
+  synthetic_retrieval: int = 0
+  synthetic_probes_per_model: int = 2
+  references: tuple[str, ...] = ()
+  queries_per_class: int = 1
+  num_references: tuple[int, ...] = (1,)
+  weights: str | None = None
+  random_width: int = 64
+  seed: int = 0
+  stage: str = 'features'
+  metrics: tuple[str, ...] = ('cosine',)
+  fusion: str = 'sum'
+  k: int = 0
+  height: int = 224
+  width: int = 224
+  composition: str = 'B-B-B'
+  policy: str = 'pad'
+  batch_size: int = 32
+  cache_dir: str | None = None
+  results_db: str | None = None
+  precision_at: tuple[int, ...] = (1, 5, 10)
+  recall_levels: tuple[float, ...] = (0.5, 1.0)
+  html_top: int = 20
+  name: str = 'similarity'
+  flags_text: str = ''
+  progress: bool = True
+
+
+def validate(config: SimilarityConfig) -> None:
+  """Raises ValueError naming the setting when the configuration cannot run."""
+  for metric in config.metrics:
+    if metric not in distances.METRICS:
+      raise ValueError(f'--metrics: unknown metric {metric!r}; valid: {", ".join(distances.METRICS)}')
+  if not config.metrics:
+    raise ValueError('--metrics: give at least one metric')
+  if config.fusion not in ('sum', 'mean_feature', 'min'):
+    raise ValueError(f"--fusion={config.fusion!r}; valid: 'sum', 'mean_feature', 'min'")
+  if not config.num_references or min(config.num_references) < 1:
+    raise ValueError(f'--num_references={config.num_references}: give counts >= 1')
+  if config.k < 0:
+    raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
+  features_lib.check_stage(config.stage)
+
+
+def score(relevance: np.ndarray, precision_at: Sequence[int] = (1, 5, 10),
+          recall_levels: Sequence[float] = (0.5, 1.0),
+          percents: Sequence[int] = CMC_PERCENTS) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Scores rankings with known ground truth.
+
+  Args:
+    relevance: (Q, N) bool, ``relevance[q, r]`` = the item at rank r is relevant to query q;
+      every query has at least one relevant item.
+    precision_at: k values for precision@k (those above N are left out).
+    recall_levels: q values for inverse recall@q.
+    percents: CMC thresholds in percent of N (ceil(p% of N) items).
+
+  Returns:
+    ``(per_query, aggregated)``: per_query maps a score name to a (Q,) array; aggregated maps
+    score names to the mean over queries, and ``cmc@p`` to the CMC fractions.
+  """
+  num_items = relevance.shape[1]
+  per_query = {}
+  for k in precision_at:
+    if k <= num_items:
+      per_query[f'precision@{k}'] = np.asarray(metrics_lib.precision_at_k(relevance, k))
+  for q in recall_levels:
+    per_query[f'inverse_recall@{q:g}'] = np.asarray(metrics_lib.inverse_recall_at_q(relevance, q))
+  per_query['auirc'] = np.asarray(metrics_lib.auirc(relevance))
+  per_query['first_match_rank'] = np.argmax(relevance, axis=1).astype(np.float64) + 1
+  aggregated = {name: float(np.mean(values)) for name, values in per_query.items()}
+  for percent, fraction in metrics_lib.cmc(relevance, percents=tuple(percents)).items():
+    aggregated[f'cmc@{percent:g}'] = float(fraction)
+  return per_query, aggregated
+
+
+def _rank(queries: np.ndarray, items: np.ndarray, metric: str, fusion: str,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(distances, order), (Q, k or N), best first."""
+  if k:
+    return distances.topk(queries, items, k, metric=metric, fusion=fusion)
+  dist, order = distances.rank(queries, items, metric=metric, fusion=fusion)
+  return np.asarray(dist), np.asarray(order)
+
+
+def _distances_of(query: np.ndarray, items: np.ndarray, indices: np.ndarray, metric: str,
+                  fusion: str) -> np.ndarray:
+  """Fused distances of one query to ``items[indices]``, in the order of ``indices``."""
+  dist, order = distances.rank(query[None], np.asarray(items[np.sort(indices)]), metric=metric,
+                               fusion=fusion)
+  by_position = np.empty(len(indices), np.float32)
+  by_position[np.asarray(order)[0]] = np.asarray(dist)[0]
+  return by_position[np.argsort(np.argsort(indices))]
+
+
+def _safe(name: str) -> str:
+  return ''.join(c if c.isalnum() or c in '-_.+' else '_' for c in name)
+
+
+def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
+  """Ranks, scores, times, stores and reports one similarity configuration.
+
+  Args:
+    config: the run's settings.
+
+  Returns:
+    The summary (also written to ``summary.json``).
+
+  Raises:
+    ValueError: a bad setting, an empty collection, or ``k`` larger than the collection.
+    FileNotFoundError / ReferenceImageError: a reference image that cannot be read.
+  """
+  from fwjax import store as store_lib  # pylint: disable=import-outside-toplevel
+  validate(config)
+  out_dir = pathlib.Path(config.out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if config.flags_text:
+    (out_dir / 'flags.txt').write_text(config.flags_text)
+  collection = load_collection(config, out_dir)
+  # Cheap checks first: no model is built for a run that cannot rank anything.
+  if not collection.items:
+    raise ValueError(f'the collection is empty: {collection.description}')
+  if config.k > len(collection.items):
+    raise ValueError(f'--k={config.k} is larger than the collection '
+                     f'({len(collection.items)} images)')
+  timings: dict[str, dict[str, float]] = {}
+
+  start = time.perf_counter()
+  model = features_lib.build_model(config.weights, width=config.random_width, seed=config.seed)
+  loaded = time.perf_counter()
+  extractor = features_lib.Extractor(model, config.stage, config.height, config.width,
+                                     config.batch_size)
+  timings['model_build'] = {'seconds': time.perf_counter() - start,
+                            'load_seconds': loaded - start,
+                            'compile_seconds': time.perf_counter() - loaded}
+  feature_args = dict(stage=config.stage, height=config.height, width=config.width,
+                      composition=config.composition, policy=config.policy,
+                      batch_size=config.batch_size, extractor=extractor,
+                      cache_dir=config.cache_dir or out_dir / 'feature_cache',
+                      progress=config.progress)
+  refs = collection.reference_paths()
+  ref_set = features_lib.extract_features(model, refs,
+                                          out_path=out_dir / 'features' / 'references.npy',
+                                          **feature_args)
+  if ref_set.skipped:
+    path, reason = ref_set.skipped[0]
+    raise ReferenceImageError(f'reference image cannot be read: {path}: {reason} '
+                              f'({len(ref_set.skipped)} unreadable reference(s) in all)')
+  items = features_lib.extract_features(model, collection.items,
+                                        out_path=out_dir / 'features' / 'collection.npy',
+                                        **feature_args)
+  extracted = ref_set.num_extracted + items.num_extracted
+  seconds = ref_set.extract_seconds + items.extract_seconds
+  timings['feature_extraction'] = {
+      'seconds': seconds, 'images_extracted': extracted,
+      'images_from_cache': len(refs) + len(items.paths) - extracted,
+      'seconds_per_10000_images': seconds / extracted * 1e4 if extracted else math.nan}
+  if not items.paths:
+    raise ValueError(f'the collection is empty: {len(collection.items)} image(s) listed, '
+                     f'{len(items.skipped)} unreadable' + (
+                         f' (first: {items.skipped[0][0]}: {items.skipped[0][1]})'
+                         if items.skipped else ''))
+  num_items = len(items.paths)
+  if config.k > num_items:
+    raise ValueError(f'--k={config.k} is larger than the collection ({num_items} readable images)')
+  ref_row = {path: i for i, path in enumerate(ref_set.paths)}
+  kept = {path: i for i, path in enumerate(collection.items)}
+  item_classes = None
+  if collection.classes is not None:
+    item_classes = np.asarray([collection.classes[kept[p]] for p in items.paths])
+  for name, paths in (('collection', items.paths), ('references', ref_set.paths)):
+    with open(out_dir / f'{name}.csv', 'w', newline='') as f:  # row i of features/<name>.npy
+      writer = csv.writer(f)
+      writer.writerow(['index', 'path'])
+      writer.writerows((i, str(p)) for i, p in enumerate(paths))
+
+  store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
+  features_text = (f'resnet50 {model.identity} stage={config.stage} {config.height}x{config.width}'
+                   f' {config.composition} {config.policy}')
+  results, curves_cmc, curves_ir = [], {}, {}
+  for num_refs in config.num_references:
+    queries = collection.queries(num_refs)
+    if not queries:
+      raise ValueError(f'no query has {num_refs} reference images ({collection.description})')
+    query_feats = np.stack([ref_set.features[[ref_row[p] for p in q.references]]
+                            for q in queries])
+    query_feats = query_feats[:, 0] if num_refs == 1 else query_feats
+    # Scores need every relevant item's rank, so with ground truth the full order is computed
+    # and --k only shortens the lists written; without it, --k ranks only the top k (cheaper).
+    top = 0 if item_classes is not None else config.k
+    ranked = {}
+    for metric in config.metrics:
+      start = time.perf_counter()
+      ranked[metric] = _rank(query_feats, items.features, metric, config.fusion, top)
+      ranked[metric] += (time.perf_counter() - start,)
+    for metric in config.metrics:
+      entry = _report_one(config, out_dir, store, collection, queries, query_feats, items,
+                          item_classes, ranked, metric, num_refs, timings, features_text)
+      results.append(entry)
+      if 'cmc' in entry:
+        label = f'{metric}, {num_refs} ref' + ('s' if num_refs > 1 else '')
+        curves_cmc[label], curves_ir[label] = entry.pop('_curves')
+  summary = dict(results[0])
+  summary.update(features=features_text, num_items=num_items, timings=timings,
+                 skipped=[{'path': str(p), 'reason': r} for p, r in items.skipped],
+                 collection=collection.description, results=results)
+  if curves_cmc:
+    published = PUBLISHED_FID300 if collection.is_fid300 else None
+    retrieval_report.plot_cmc(out_dir / 'cmc.png', curves_cmc, published=published)
+    retrieval_report.plot_inverse_recall(out_dir / 'inverse_recall.png', curves_ir)
+  (out_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
+  return summary
+
+
+class ReferenceImageError(ValueError):
+  """A reference image cannot be read: the run stops, naming it."""
+
+
+def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
+                collection: Collection, queries: list[Any], query_feats: np.ndarray,
+                items: features_lib.FeatureSet, item_classes: np.ndarray | None,
+                ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
+                num_refs: int, timings: dict[str, dict[str, float]],
+                features_text: str) -> dict[str, Any]:
+  """Scores, stores and writes the outputs of one (metric, reference count)."""
+  dist, order, seconds = ranked[metric]
+  num_items = len(items.paths)
+  entry: dict[str, Any] = {'metric': metric, 'num_references': num_refs,
+                           'fusion': config.fusion, 'num_queries': len(queries),
+                           'distance_seconds': seconds}
+  key_fields = dict(dataclasses.asdict(config), metric=metric, num_references=num_refs)
+  for unkeyed in ('out_dir', 'flags_text', 'progress', 'results_db', 'cache_dir', 'metrics'):
+    key_fields.pop(unkeyed)
+  config_key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode())
+  run_id = store.start_run(kind='similarity', name=f'{config.name}:{metric}:R{num_refs}',
+                           flags=key_fields, config_key=config_key.hexdigest(),
+                           output_dir=str(out_dir))
+  try:
+    scored = [i for i, q in enumerate(queries) if q.target is not None]
+    per_query: dict[str, np.ndarray] = {}
+    if scored and item_classes is not None:
+      targets = np.asarray([queries[i].target for i in scored])
+      relevance = item_classes[order[scored]] == targets[:, None]
+      has_match = relevance.any(axis=1)
+      scored = [i for i, ok in zip(scored, has_match) if ok]
+      relevance = relevance[has_match]
+      if scored:
+        per_query, aggregated = score(relevance, config.precision_at, config.recall_levels)
+        entry.update(aggregated)
+        entry['num_queries'] = len(scored)
+        entry['unscored_queries'] = len(queries) - len(scored)
+        entry['cmc'] = {f'{p:g}': aggregated[f'cmc@{p:g}'] for p in CMC_PERCENTS}
+        levels = np.linspace(0.01, 1.0, 100)
+        mean_ir = [float(np.mean(metrics_lib.inverse_recall_at_q(relevance, q))) for q in levels]
+        entry['_curves'] = (retrieval_report.cmc_curve(np.argmax(relevance, axis=1), num_items),
+                            (levels, np.asarray(mean_ir)))
+        store.log_metrics(run_id, 0, {n: v for n, v in entry.items() if isinstance(v, float)})
+    for row, i in enumerate(scored):
+      store.log_values(run_id, 'query', queries[i].id,
+                       {n: float(v[row]) for n, v in per_query.items()})
+    for phase, values in timings.items():
+      store.log_values(run_id, 'timing', phase, values)
+    store.log_values(run_id, 'timing', 'distance', {'seconds': seconds})
+    _write_rankings(config, out_dir, collection, queries, query_feats, items, item_classes,
+                    ranked, metric, num_refs, dict(zip(scored, range(len(scored)))), per_query)
+    store.log_artifact(run_id, f'rankings_{metric}_R{num_refs}', str(out_dir / f'R{num_refs}'))
+    summary = {n: v for n, v in entry.items() if not n.startswith('_')}
+    store.finish_run(run_id, dict(summary, features=features_text))
+  except Exception as error:
+    store.fail_run(run_id, f'{type(error).__name__}: {error}')
+    raise
+  return entry
+
+
+def _write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: Collection,
+                    queries: list[Any], query_feats: np.ndarray, items: features_lib.FeatureSet,
+                    item_classes: np.ndarray | None,
+                    ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
+                    num_refs: int, scored_row: dict[int, int],
+                    per_query: dict[str, np.ndarray]) -> None:
+  """CSV per query (every metric's distance, ordered by ``metric``); HTML for the first metric."""
+  dist, order, _ = ranked[metric]
+  dist, order = dist[:, :config.k or None], order[:, :config.k or None]
+  num_items = len(items.paths)
+  folder = out_dir / f'R{num_refs}'
+  for i, query in enumerate(queries):
+    columns = {metric: dist[i]}
+    for other in config.metrics:
+      if other == metric:
+        continue
+      other_dist, other_order, _ = ranked[other]
+      if other_order.shape[1] < num_items:
+        columns[other] = _distances_of(query_feats[i], items.features, order[i], other,
+                                       config.fusion)
+      else:  # the full order of the other metric holds every distance: invert it
+        by_item = np.empty(len(items.paths), np.float32)
+        by_item[other_order[i]] = other_dist[i]
+        columns[other] = by_item[order[i]]
+    relevant = None
+    if query.target is not None and item_classes is not None:
+      relevant = item_classes[order[i]] == query.target
+    path = folder / metric / f'{_safe(query.id)}.csv'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['rank', 'path', *columns] + (['relevant'] if relevant is not None else []))
+      for r, index in enumerate(order[i]):
+        row = [r + 1, str(items.paths[index])] + [f'{columns[m][r]:.6g}' for m in columns]
+        writer.writerow(row + ([int(relevant[r])] if relevant is not None else []))
+    if metric == config.metrics[0]:
+      top = min(config.html_top, len(order[i]))
+      scores = ({n: float(v[scored_row[i]]) for n, v in per_query.items()}
+                if i in scored_row else None)
+      retrieval_report.query_page(
+          folder / 'pages' / f'{_safe(query.id)}.html', query_id=query.id,
+          references=query.references, results=[items.paths[j] for j in order[i][:top]],
+          distances=dist[i][:top], metric=metric,
+          relevant=None if relevant is None else relevant[:top], scores=scores,
+          skipped=[(str(p), r) for p, r in items.skipped], title=config.name)
