@@ -170,17 +170,27 @@ def build_model(weights: str | os.PathLike[str] | None = None, *, width: int = 6
 
 
 def _load_checkpoint_body(path: pathlib.Path) -> dict[str, Any]:
-  """The ResNet-50 body of a DescriptorClassifier checkpoint (its 'body' sub-trees)."""
-  from fwjax.models import checkpoints  # pylint: disable=import-outside-toplevel
-  variables = checkpoints.load(path)
-  body = {}
-  for collection in ('params', 'batch_stats'):
-    tree = dict(variables.get(collection, {}))
-    if 'body' not in tree:
-      raise FeatureError(f'{path}: checkpoint has no {collection!r}/body sub-tree (keys: '
-                         f'{sorted(tree)}); expected a fwjax descriptor-model checkpoint')
-    body[collection] = tree['body']
-  return body
+  """The ResNet-50 body of a fwjax checkpoint folder (``fwjax.models.checkpoint``).
+
+  A DescriptorClassifier's variables hold the body under ``'body'`` (next to ``'preprocess'``
+  and ``'head'``); a bare ``ResNet50`` checkpoint (e.g. converted torchvision weights) is used
+  as it is. A training state that nests the variables one level down is searched once.
+  """
+  from fwjax.models import checkpoint  # pylint: disable=import-outside-toplevel
+  variables = checkpoint.load_variables(path)
+  if 'params' not in variables:
+    nested = [v for v in variables.values() if isinstance(v, dict) and 'params' in v]
+    if len(nested) != 1:
+      raise FeatureError(f'{path}: no model variables in the checkpoint (top-level keys: '
+                         f'{sorted(variables)}); expected {{"params", "batch_stats"}}')
+    variables = nested[0]
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  if 'body' in params:
+    return {'params': params['body'], 'batch_stats': stats.get('body', {})}
+  if 'conv1' in params and 'layer4' in params:
+    return {'params': params, 'batch_stats': stats}
+  raise FeatureError(f'{path}: checkpoint params have neither a "body" sub-tree nor a ResNet-50 '
+                     f'(keys: {sorted(params)}); expected a fwjax descriptor-model checkpoint')
 
 
 def check_stage(stage: str) -> None:

@@ -160,3 +160,18 @@ def test_random_init_is_deterministic_and_named():
   # Kaiming normal (fan-out) as torchvision: the stem's std is sqrt(2 / (7 * 7 * 8)).
   stem = a.variables['params']['conv1']['kernel']
   assert abs(stem.std() / np.sqrt(2 / (7 * 7 * 8)) - 1) < 0.1
+
+
+def test_descriptor_checkpoint_body_gives_the_same_features(tmp_path, model, extractor):
+  """A fwjax checkpoint of a classifier-shaped tree: its 'body' is the feature model."""
+  from fwjax.models import checkpoint
+  tree = {'params': {'body': model.variables['params'], 'head': {'w': np.ones((3, 2))}},
+          'batch_stats': {'body': model.variables['batch_stats']}}
+  folder = checkpoint.save_variables(tmp_path / 'ckpt', tree)
+  loaded = features.build_model(folder)
+  assert loaded.width == 8 and loaded.identity.startswith('sha256:')
+  paths = _write_images(tmp_path / 'imgs', 3)
+  kwargs = dict(height=HEIGHT, width=WIDTH, batch_size=8, progress=False)
+  np.testing.assert_allclose(features.extract_features(loaded, paths, **kwargs).features,
+                             features.extract_features(model, paths, extractor=extractor,
+                                                       **kwargs).features, rtol=1e-6)
