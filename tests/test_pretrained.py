@@ -216,3 +216,18 @@ def test_bad_files_fail_clearly(tmp_path):
   other.write_bytes(b'')
   with pytest.raises(ValueError, match='unknown checkpoint extension'):
     pretrained.load_torchvision(other)
+
+
+def test_half_precision_checkpoints_load_as_float32(shared_dir, tmp_path):
+  state = pretrained.read_state_dict(shared_dir / SAFETENSORS)
+  path = tmp_path / 'half.safetensors'
+  safetensors.numpy.save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v
+                               for k, v in state.items()}, path)
+  variables = pretrained.load_torchvision(path)
+  kernel = variables['params']['layer1']['block0']['conv2']['kernel']
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(
+      kernel, state['layer1.0.conv2.weight'].astype(np.float16).astype(np.float32)
+      .transpose(2, 3, 1, 0))
+  kept = pretrained.load_torchvision(path, dtype=None)
+  assert kept['batch_stats']['bn1']['var'].dtype == np.float16

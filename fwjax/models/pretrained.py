@@ -7,7 +7,13 @@ refused before anything runs) and ``.safetensors`` files by the ``safetensors`` 
 The name map is explicit (:func:`torchvision_name_map`). timm's ``resnet50`` (all its ImageNet
 tags, e.g. ``resnet50.a1_in1k``, ``resnet50.tv_in1k``) uses exactly torchvision's parameter names
 and shapes (``conv1``, ``bn1``, ``layer{1..4}.{i}.{conv,bn}{1,2,3}``, ``downsample.{0,1}``,
-``fc``), so one map serves both. Layouts: convolution ``weight`` OIHW -> ``kernel`` HWIO;
+``fc``; timm's activations, ``maxpool`` and ``global_pool`` hold no parameters; its projection
+shortcut is ``nn.Sequential(conv, norm)``, i.e. ``downsample.0``/``downsample.1``), so one map
+serves both. timm's variants with other layouts (``resnet50d``: deep stem ``conv1.0..6`` and
+average-pool shortcut ``downsample.1``/``.2``; ``resnet50c``/``t``/``s``) are not ResNet-50 v1.5
+and are refused with an error naming the keys that do not fit.
+
+Layouts: convolution ``weight`` OIHW -> ``kernel`` HWIO;
 BatchNorm ``weight``/``bias`` -> ``scale``/``bias`` in ``params`` and ``running_mean``/
 ``running_var`` -> ``mean``/``var`` in ``batch_stats``; ``fc.weight`` (out, in) -> ``kernel``
 (in, out). ``num_batches_tracked`` is PyTorch bookkeeping (it only matters for momentum=None)
@@ -162,7 +168,8 @@ def expected_shapes(width: int = 64, stage_sizes: Sequence[int] = (3, 4, 6, 3),
 
 def state_dict_to_variables(state: dict[str, np.ndarray], *, include_fc: bool = True,
                             width: int | None = None, stage_sizes: Sequence[int] | None = None,
-                            where: str = 'state dict') -> dict[str, Any]:
+                            dtype: Any = np.float32, where: str = 'state dict'
+                            ) -> dict[str, Any]:
   """Maps a torchvision/timm ResNet state dict onto Flax variables, checking everything.
 
   Args:
@@ -171,11 +178,12 @@ def state_dict_to_variables(state: dict[str, np.ndarray], *, include_fc: bool = 
       skipped and the variables fit ``ResNet50(include_top=False)``.
     width: if given, the width the state dict must have (else it is inferred).
     stage_sizes: if given, the stage sizes the state dict must have (else inferred).
+    dtype: floating arrays are cast to this dtype (float32: Flax parameters stay float32 even
+      for bfloat16 compute); None keeps the file's dtype (e.g. float16 checkpoints).
     where: a name for error messages (the file path).
 
   Returns:
-    ``{'params': ..., 'batch_stats': ...}`` of float32 (or the file's floating dtype) numpy
-    arrays, shaped like ``ResNet50(width=..., stage_sizes=..., num_classes=...)``'s variables.
+    ``{'params': ..., 'batch_stats': ...}`` of numpy arrays, shaped like ``ResNet50(width=..., stage_sizes=..., num_classes=...)``'s variables.
 
   Raises:
     CheckpointMismatchError: missing keys, unexpected keys, or wrong shapes, each listed by name
@@ -198,6 +206,8 @@ def state_dict_to_variables(state: dict[str, np.ndarray], *, include_fc: bool = 
   for key in sorted(set(names) & present):
     collection, path, transform = names[key]
     value = transform(np.asarray(state[key]))
+    if dtype is not None:
+      value = value.astype(dtype)
     want = shapes[collection]
     for p in path:
       want = want[p]
@@ -223,8 +233,8 @@ def state_dict_to_variables(state: dict[str, np.ndarray], *, include_fc: bool = 
 
 
 def load_torchvision(path: str | os.PathLike, *, include_fc: bool = True,
-                     width: int | None = None,
-                     stage_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+                     width: int | None = None, stage_sizes: Sequence[int] | None = None,
+                     dtype: Any = np.float32) -> dict[str, Any]:
   """Loads a torchvision or timm ResNet-50 checkpoint as Flax variables.
 
   Args:
@@ -233,6 +243,7 @@ def load_torchvision(path: str | os.PathLike, *, include_fc: bool = True,
       ``ResNet50(include_top=False)`` or :func:`fwjax.models.classifier.insert_body`.
     width: if given, check the checkpoint has this width (64 for the real ResNet-50).
     stage_sizes: if given, check the checkpoint has these stage sizes.
+    dtype: dtype of the returned arrays (None keeps the file's).
 
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` (numpy arrays) for
@@ -243,4 +254,4 @@ def load_torchvision(path: str | os.PathLike, *, include_fc: bool = True,
     CheckpointMismatchError: missing/unexpected keys or wrong shapes, listed by name.
   """
   return state_dict_to_variables(read_state_dict(path), include_fc=include_fc, width=width,
-                                 stage_sizes=stage_sizes, where=os.fspath(path))
+                                 stage_sizes=stage_sizes, dtype=dtype, where=os.fspath(path))
