@@ -121,11 +121,15 @@ def test_fid300_layout_end_to_end(tmp_path):
   for plot in ('cmc.png', 'inverse_recall.png'):
     assert Image.open(out / plot).format == 'PNG'
   store = store_lib.ResultsStore(out / 'results.sqlite')
-  runs = store.runs(kind='similarity')
-  assert len(runs) == 4
-  run_id = runs[0]['run_id'] if 'run_id' in runs[0] else runs[0]['id']
-  assert len({key for key, _, _ in store.values(run_id, 'query')}) in (4, 10)
-  timing_keys = {key for key, _, _ in store.values(run_id, 'timing')}
+  runs = store.runs(kind='similarity', status='complete')
+  assert [r['name'] for r in runs] == ['similarity:cosine:R1', 'similarity:euclidean:R1',
+                                       'similarity:cosine:R2', 'similarity:euclidean:R2']
+  assert runs[0]['summary']['cmc'] == on_disk['cmc']
+  per_query = store.values(runs[0]['run_id'], 'query')
+  assert {key for key, _, _ in per_query} == {f'{p:05d}' for p, _ in PROBES}
+  first_rank = {key: value for key, name, value in per_query if name == 'first_match_rank'}
+  assert [first_rank[f'{p:05d}'] for p, _ in PROBES] == first_match
+  timing_keys = {key for key, _, _ in store.values(runs[0]['run_id'], 'timing')}
   assert {'model_build', 'feature_extraction', 'distance'} <= timing_keys
 
   # A second run finds every feature in the cache.
