@@ -1,0 +1,191 @@
+"""Streaming machinery behind :func:`fwjax.distances.topk` and :func:`fwjax.distances.rank`.
+
+Items are read in chunks (from a numpy array, a memory map, a .npy path or a jax array), each
+chunk is split over all local devices along the item axis, and the chunk's distances are reduced
+on device to a running top-k (or copied out for a full ranking). A worker thread reads, converts
+and transfers the next chunk while the devices compute the current one. Pages of a memory map are
+released after each chunk is copied, so resident memory does not grow with the collection.
+"""
+
+import concurrent.futures
+import functools
+import mmap
+import os
+from typing import Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from fwjax import _distance_kernels as K
+
+_AXIS = 'items'
+_CHUNK_BYTES = 64 << 20  # default chunk: ~64 MiB of float32 items
+
+
+class ItemSource:
+  """Chunked float32 access to a (N, D) collection; releases memory-map pages after use."""
+
+  def __init__(self, items, name: str = 'items'):
+    if isinstance(items, (str, os.PathLike)):
+      try:
+        items = np.load(items, mmap_mode='r')
+      except (OSError, ValueError) as e:
+        raise ValueError(f'{name}: cannot memory-map {os.fspath(items)!r} as a .npy file: {e}') from e
+    if not isinstance(items, (np.ndarray, jax.Array)):
+      items = np.asarray(items)
+    if items.ndim != 2:
+      raise ValueError(f'{name}: expected a (N, D) array, got shape {tuple(items.shape)}')
+    if not (np.issubdtype(items.dtype, np.floating) or np.issubdtype(items.dtype, np.integer)):
+      raise ValueError(f'{name}: expected real numbers, got dtype {items.dtype}')
+    self.items = items
+    self.num, self.dim = items.shape
+    self._map = getattr(items, '_mmap', None)
+    self._map_start = (np.frombuffer(self._map, np.uint8).ctypes.data
+                       if isinstance(self._map, mmap.mmap) else None)
+
+  def read(self, start: int, stop: int, rows: int):
+    """Rows [start, stop) as float32, zero-padded to ``rows`` rows (host or device array)."""
+    part = self.items[start:stop]
+    if isinstance(part, jax.Array):
+      part = part.astype(jnp.float32)
+      return jnp.pad(part, ((0, rows - part.shape[0]), (0, 0)))
+    out = np.zeros((rows, self.dim), np.float32)
+    out[:stop - start] = part  # the copy that takes the pages out of the memory map
+    self._release(part)
+    return out
+
+  def gather(self, indices: np.ndarray) -> np.ndarray:
+    """Rows at sorted unique ``indices`` (float64), for re-scoring."""
+    return np.asarray(self.items[indices], np.float64)
+
+  def _release(self, part: np.ndarray) -> None:
+    # Touched pages of a file mapping count in the resident set until unmapped; dropping them
+    # (the page cache keeps the data) keeps peak RSS independent of the collection size.
+    if self._map_start is None or part.size == 0:
+      return
+    page = mmap.PAGESIZE
+    offset = part.ctypes.data - self._map_start
+    low = (offset // page) * page
+    high = min(offset + part.nbytes, len(self._map))
+    if 0 <= low < high:
+      self._map.madvise(mmap.MADV_DONTNEED, low, high - low)
+
+
+def mesh() -> Mesh:
+  """A 1-D mesh over all local devices, axis name 'items'."""
+  return Mesh(np.array(jax.local_devices()), (_AXIS,))
+
+
+def block_size(num_items: int, block: int | None) -> int:
+  """Item rows per kernel block: a function of N only, so chunking never changes the bits."""
+  if block is not None:
+    if block < 1:
+      raise ValueError(f'block: must be positive, got {block}')
+    return block
+  return int(min(1024, 1 << max(0, (num_items - 1).bit_length())))
+
+
+def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
+               num_items: int) -> int:
+  """Chunk length: a multiple of block * devices, no larger than needed for the collection."""
+  unit = block * num_devices
+  if chunk_size is None:
+    chunk_size = max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
+  if chunk_size < 1:
+    raise ValueError(f'chunk_size: must be positive, got {chunk_size}')
+  rows = -(-min(chunk_size, num_items) // unit) * unit
+  return max(rows, unit)
+
+
+@functools.lru_cache(maxsize=64)
+def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k: int):
+  """Jitted per-chunk step: sharded distances, then a local top-k and a global merge."""
+  replicated = P()
+
+  def per_shard(q, qn, qs, ref_mask, x, first_index, num_items):
+    local_first = first_index + lax.axis_index(_AXIS) * x.shape[0]
+    d, index, codes = K.chunk_distances(q, qn, qs, ref_mask, x, local_first, num_items,
+                                        metric=metric, block=block, num_refs=num_refs,
+                                        fusion=fusion)
+    bad = jnp.where(codes != K.OK, index, K.NO_INDEX)
+    where = jnp.argmin(bad)
+    first_bad = jnp.stack([bad[where], codes[where]])[None]
+    if k:
+      d, index = K.local_topk(d, index, min(k, x.shape[0]))
+    else:
+      index = index[None]  # unused by a full ranking: positions are the indices
+    return d, index, first_bad
+
+  sharded = jax.shard_map(
+      per_shard, mesh=the_mesh,
+      in_specs=(replicated,) * 4 + (P(_AXIS, None), replicated, replicated),
+      out_specs=(P(None, _AXIS), P(None, _AXIS), P(_AXIS, None)))
+
+  def step(best_d, best_i, q, qn, qs, ref_mask, x, first_index, num_items):
+    d, index, first_bad = sharded(q, qn, qs, ref_mask, x, first_index, num_items)
+    if k:
+      d, index = K.merge_topk(best_d, best_i, d, index, k)
+    return d, index, first_bad
+
+  return jax.jit(step)
+
+
+def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_refs: int,
+           k: int, chunk_size: int | None, block: int | None,
+           on_bad_row: Callable[[int, int], None], out: np.ndarray | None = None):
+  """Runs the chunked computation; returns the (Q, k) top-k on the host, or fills ``out``.
+
+  Args:
+    queries: (q, sqnorm, sum, ref_mask) host arrays, already validated.
+    k: top-k size, or 0 to write every distance into ``out`` (Q, N) float32.
+    on_bad_row: called with (global row index, refusal code) of the first bad item row; raises.
+  """
+  the_mesh = mesh()
+  num_devices = the_mesh.devices.size
+  block = block_size(source.num, block)
+  rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num)
+  step = _step(the_mesh, metric, block, num_refs, fusion, k)
+  replicated = NamedSharding(the_mesh, P())
+  by_item = NamedSharding(the_mesh, P(_AXIS, None))
+  q = [jax.device_put(np.asarray(a), replicated) for a in queries]
+  num_queries = q[3].shape[0]
+  best_d = jax.device_put(np.full((num_queries, k), np.inf, np.float32), replicated)
+  best_i = jax.device_put(np.full((num_queries, k), K.NO_INDEX, np.int32), replicated)
+  num_items = jnp.int32(source.num)
+  starts = list(range(0, source.num, rows))
+
+  def load(start):
+    return jax.device_put(source.read(start, min(start + rows, source.num), rows), by_item)
+
+  def check(pending):
+    start, first_bad, d = pending
+    bad = np.asarray(first_bad)
+    row = int(bad[:, 0].min())
+    if row != K.NO_INDEX:
+      on_bad_row(row, int(bad[bad[:, 0] == row][0, 1]))
+    if out is not None:
+      out[:, start:start + rows] = np.asarray(d)[:, :min(rows, source.num - start)]
+
+  # One worker prepares chunk i+1 (read, convert, transfer) while the devices compute chunk i;
+  # the host checks chunk i-1's bad rows one step behind, so it never waits on the device early.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    future = pool.submit(load, starts[0])
+    pending = None
+    for n, start in enumerate(starts):
+      x = future.result()
+      if n + 1 < len(starts):
+        future = pool.submit(load, starts[n + 1])
+      d, i, first_bad = step(best_d, best_i, *q, x, jnp.int32(start), num_items)
+      if k:
+        best_d, best_i = d, i
+      del x
+      if pending is not None:
+        check(pending)
+      pending = (start, first_bad, None if k else d)
+    check(pending)
+  if k:
+    return np.asarray(best_d), np.asarray(best_i).astype(np.int64)
+  return None
