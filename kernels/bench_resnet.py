@@ -35,6 +35,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,18 +69,24 @@ def _xla_flops(compiled) -> float | None:
     return None
 
 
-def _timed(step, repeats: int) -> float:
-  times = []
+def _seconds(step) -> float:
+  start = time.perf_counter()
+  step()
+  return time.perf_counter() - start
+
+
+def time_interleaved(steps: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+  """Times each step ``repeats`` times, alternating between them so that load from other
+  processes on a shared machine hits every contender alike; median and best seconds."""
+  times = {name: [] for name in steps}
   for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, step in steps.items():
+      times[name].append(_seconds(step))
+  return {name: dict(median_s=statistics.median(t), best_s=min(t)) for name, t in times.items()}
 
 
-def bench_jax(height: int, width: int, batch: int, dtype, repeats: int, model_width: int
-              ) -> dict:
-  """fwjax forward and training-step timings for one size and dtype."""
+def jax_steps(height: int, width: int, batch: int, dtype, model_width: int) -> dict:
+  """Compiled, warmed-up fwjax forward and training steps (callables) for one size and dtype."""
   model = resnet.ResNet50(width=model_width, dtype=dtype)
   key = jax.random.key(0)
   x = jax.random.normal(key, (batch, height, width, 3), jnp.float32)
@@ -109,10 +116,11 @@ def bench_jax(height: int, width: int, batch: int, dtype, repeats: int, model_wi
   out['forward_compile_s'] = time.perf_counter() - start
   out['forward_xla_flops'] = _xla_flops(fwd)
   jax.block_until_ready(fwd(variables, x))
-  fwd_s = _timed(lambda: jax.block_until_ready(fwd(variables, x)), repeats)
-  out['forward_images_per_s'] = batch / fwd_s
+  out['forward'] = lambda: jax.block_until_ready(fwd(variables, x))
 
-  state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
+  # A copy: the training step donates its state, and the forward step keeps using `variables`.
+  state = jax.tree.map(jnp.copy, (variables['params'], variables['batch_stats'],
+                                  tx.init(variables['params'])))
   start = time.perf_counter()
   step = jax.jit(train_step, donate_argnums=0).lower(state, x, labels).compile()
   out['train_compile_s'] = time.perf_counter() - start
@@ -124,13 +132,12 @@ def bench_jax(height: int, width: int, batch: int, dtype, repeats: int, model_wi
     holder[0], loss = step(holder[0], x, labels)
     jax.block_until_ready(loss)
 
-  out['train_images_per_s'] = batch / _timed(one_step, repeats)
+  out['train'] = one_step
   return out
 
 
-def bench_torch(height: int, width: int, batch: int, bf16: bool, repeats: int,
-                model_width: int) -> dict:
-  """PyTorch (CPU, eager, channels_last) forward and training-step timings."""
+def torch_steps(height: int, width: int, batch: int, bf16: bool, model_width: int) -> dict:
+  """Warmed-up PyTorch (CPU, eager, channels_last) forward and training steps (callables)."""
   torch.manual_seed(0)
   model = _torch_resnet.ResNet50(width=model_width).to(memory_format=torch.channels_last)
   x = torch.randn(batch, 3, height, width).to(memory_format=torch.channels_last)
@@ -138,21 +145,20 @@ def bench_torch(height: int, width: int, batch: int, bf16: bool, repeats: int,
   autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16)
   out = {}
 
-  model.eval()
-
   def forward():
+    model.eval()
     with torch.inference_mode(), autocast():
       model(x)
 
   start = time.perf_counter()
   forward()
   out['forward_first_call_s'] = time.perf_counter() - start
-  out['forward_images_per_s'] = batch / _timed(forward, repeats)
+  out['forward'] = forward
 
-  model.train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
   def train_step():
+    model.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast():
       loss = torch.nn.functional.cross_entropy(model(x), labels)
@@ -162,7 +168,7 @@ def bench_torch(height: int, width: int, batch: int, bf16: bool, repeats: int,
   start = time.perf_counter()
   train_step()
   out['train_first_call_s'] = time.perf_counter() - start
-  out['train_images_per_s'] = batch / _timed(train_step, repeats)
+  out['train'] = train_step
   return out
 
 
@@ -198,17 +204,26 @@ def main(argv=None) -> None:
   if use_torch:
     torch.set_num_threads(os.cpu_count() or 1)
 
+  load_start = os.getloadavg()  # Other processes on a shared machine skew timings.
   rows = []
   for height, width in sizes:
     for dtype_name in args.dtypes.split(','):
       dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype_name]
       batch = scaled(batch_224, height, width)
-      row = dict(height=height, width=width, dtype=dtype_name, batch=batch,
-                 jax=bench_jax(height, width, batch, dtype, repeats, args.width))
+      row = dict(height=height, width=width, dtype=dtype_name, batch=batch)
+      contenders = {'jax': jax_steps(height, width, batch, dtype, args.width)}
       if use_torch:
         row['torch_batch'] = scaled(torch_224, height, width)
-        row['torch'] = bench_torch(height, width, row['torch_batch'],
-                                   dtype_name == 'bfloat16', repeats, args.width)
+        contenders['torch'] = torch_steps(height, width, row['torch_batch'],
+                                          dtype_name == 'bfloat16', args.width)
+      for mode in ('forward', 'train'):
+        timings = time_interleaved({name: c[mode] for name, c in contenders.items()}, repeats)
+        for name, c in contenders.items():
+          images = batch if name == 'jax' else row['torch_batch']
+          c[f'{mode}_images_per_s'] = images / timings[name]['median_s']
+          c[f'{mode}_best_images_per_s'] = images / timings[name]['best_s']
+      for name, c in contenders.items():
+        row[name] = {k: v for k, v in c.items() if not callable(v)}
       for mode in ('forward', 'train'):
         flops = model_flops(height, width, mode == 'train') * (args.width / 64) ** 2
         row[f'{mode}_tflops_per_s'] = row['jax'][f'{mode}_images_per_s'] * flops / 1e12
@@ -218,21 +233,24 @@ def main(argv=None) -> None:
       print(f'done {height}x{width} {dtype_name}', flush=True)
 
   header = (f'{"size":>8} {"dtype":>8} {"mode":>7} {"batch":>5} {"compile_s":>9} {"jax img/s":>9} '
-            f'{"torch img/s":>11} {"jax/torch":>9} {"TFLOP/s":>8} {"xla/model":>9}'
-            + ('' if on_cpu else f' {"peak%":>6}'))
+            f'{"torch img/s":>11} {"jax/torch":>9} {"best ratio":>10} {"TFLOP/s":>8} '
+            f'{"xla/model":>9}' + ('' if on_cpu else f' {"peak%":>6}'))
   print(f'\nbackend={backend} device={jax.devices()[0].device_kind} '
-        f'cpu_count={os.cpu_count()} torch={torch.__version__ if use_torch else "n/a"}')
+        f'cpu_count={os.cpu_count()} torch={torch.__version__ if use_torch else "n/a"} '
+        f'load average at start/end: {load_start} / {os.getloadavg()}')
   print(header)
   for row in rows:
     for mode in ('forward', 'train'):
       jax_ips = row['jax'][f'{mode}_images_per_s']
       torch_ips = row['torch'][f'{mode}_images_per_s'] if use_torch else float('nan')
+      best = (row['jax'][f'{mode}_best_images_per_s'] / row['torch'][f'{mode}_best_images_per_s']
+              if use_torch else float('nan'))
       xla = row['jax'][f'{mode}_xla_flops']
       model = model_flops(row['height'], row['width'], mode == 'train') * row['batch'] * (
           args.width / 64) ** 2
       line = (f'{row["height"]}x{row["width"]:<4} {row["dtype"]:>8} {mode:>7} {row["batch"]:>5} '
               f'{row["jax"][f"{mode}_compile_s"]:>9.1f} {jax_ips:>9.2f} {torch_ips:>11.2f} '
-              f'{jax_ips / torch_ips:>9.2f} {row[f"{mode}_tflops_per_s"]:>8.3f} '
+              f'{jax_ips / torch_ips:>9.2f} {best:>10.2f} {row[f"{mode}_tflops_per_s"]:>8.3f} '
               f'{(xla / model if xla else float("nan")):>9.2f}')
       if not on_cpu:
         line += f' {100 * row[f"{mode}_peak_share"]:>5.1f}%'
@@ -241,7 +259,8 @@ def main(argv=None) -> None:
     meta = dict(backend=backend, device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
                 machine=platform.processor() or platform.machine(), jax=jax.__version__,
                 torch=torch.__version__ if use_torch else None, repeats=repeats,
-                width=args.width, peak_flops=args.peak_flops, fwd_flops_224=FWD_FLOPS_224)
+                width=args.width, peak_flops=args.peak_flops, fwd_flops_224=FWD_FLOPS_224,
+                load_average_start=load_start, load_average_end=os.getloadavg())
     with open(args.out, 'w') as f:
       json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(f'wrote {args.out}')

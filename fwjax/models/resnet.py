@@ -39,8 +39,6 @@ Precision = jax.lax.Precision | str | None
 FEATURE_KEYS = ('stem', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4', 'features')
 """Keys of the feature dict every ResNet forward pass returns, in network order."""
 
-STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
-
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
