@@ -154,6 +154,15 @@ def test_unreadable_collection_image_is_reported_and_left_out(tmp_path):
   out = tmp_path / 'out'
   rows = _read_csv(out / 'R1' / 'cosine' / 'object.csv')
   assert len(rows) == 3 and all('corrupt' not in r['path'] for r in rows)
+  # Top k only: the other metric's column is computed for those k items; check it with scipy.
+  items = np.load(out / 'features' / 'collection.npy')
+  query = np.load(out / 'features' / 'references.npy')
+  item_paths = [r['path'] for r in _read_csv(out / 'collection.csv')]
+  order = [item_paths.index(r['path']) for r in rows]
+  cosine = scipy_distance.cdist(query, items, 'cosine')[0]
+  assert order == list(np.argsort(cosine)[:3])
+  np.testing.assert_allclose([float(r['euclidean']) for r in rows],
+                             scipy_distance.cdist(query, items[order])[0], rtol=1e-4)
   assert 'corrupt.jpg' in (out / 'R1' / 'pages' / 'object.html').read_text()
 
 
