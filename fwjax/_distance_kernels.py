@@ -2,8 +2,7 @@
 
 Every metric except manhattan is computed from one float32 matrix product ``q @ x.T`` at full
 precision plus per-row statistics (squared norm, sum); manhattan is a fused
-broadcast-subtract-abs-reduce over fixed-size item blocks, blocked again over features so no
-(Q, N, D) array is ever formed. Items are processed in blocks of a fixed number of rows, so an
+broadcast-subtract-abs-reduce over fixed-size item blocks (no (Q, N, D) array is ever formed). Items are processed in blocks of a fixed number of rows, so an
 item's distance is the same bits whatever chunk or device it is computed in (XLA's matrix
 product picks its summation order from the operand shapes, so a chunk of another length could
 otherwise round differently and break ties differently).
@@ -24,7 +23,6 @@ FUSIONS = ('sum', 'mean_feature', 'min')
 OK, NON_FINITE, ZERO_NORM, NON_POSITIVE_SUM = 0, 1, 2, 3
 NO_INDEX = np.iinfo(np.int32).max  # index of padding rows: sorts after every real item
 _HIGHEST = lax.Precision.HIGHEST
-_FEATURE_BLOCK = 256  # manhattan: features summed per step, bounds the fused intermediate
 
 
 def row_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,14 +50,13 @@ def _clamp(d: jax.Array) -> jax.Array:
 
 
 def _manhattan(q: jax.Array, x: jax.Array) -> jax.Array:
-  """sum |q_i - x_j| for a (Q, D) x (B, D) block, summed over feature blocks."""
-  d = q.shape[1]
-  step = min(_FEATURE_BLOCK, d)
-  total = jnp.zeros((q.shape[0], x.shape[0]), jnp.float32)
-  for start in range(0, d, step):  # static unrolled loop: a few fused reductions
-    qs, xs = q[:, start:start + step], x[:, start:start + step]
-    total = total + jnp.sum(jnp.abs(qs[:, None, :] - xs[None, :, :]), axis=-1)
-  return total
+  """sum |q_i - x_j| for a (Q, D) x (B, D) block.
+
+  XLA fuses the broadcast, subtraction, abs and sum into one reduction loop, so the (B, Q, D)
+  intermediate is never stored; the item block bounds it anyway. Items lead the loop nest so
+  each item row is read from memory once and the queries stay in cache.
+  """
+  return jnp.sum(jnp.abs(x[:, None, :] - q[None, :, :]), axis=-1).T
 
 
 def block_distances(q: jax.Array, q_sqnorm: jax.Array, q_sum: jax.Array, x: jax.Array,
@@ -122,6 +119,11 @@ def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, *, 
   blocks = x.reshape(-1, block, x.shape[1])
 
   def one_block(xb):
+    if metric == 'manhattan':
+      # A NaN or Inf feature makes every distance of its row non-finite: the first query's
+      # distances are the finiteness check, with no second pass over the items for statistics.
+      d = fuse(_clamp(_manhattan(q, xb)), num_refs, ref_mask, fusion)
+      return d, jnp.where(jnp.isfinite(d[0]), OK, NON_FINITE).astype(jnp.int32)
     xn, xs = row_stats(xb)
     d = block_distances(q, q_sqnorm, q_sum, xb, xn, xs, metric)
     return fuse(d, num_refs, ref_mask, fusion), row_codes(xn, xs, metric)

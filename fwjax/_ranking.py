@@ -48,10 +48,13 @@ class ItemSource:
 
   def read(self, start: int, stop: int, rows: int):
     """Rows [start, stop) as float32, zero-padded to ``rows`` rows (host or device array)."""
-    part = self.items[start:stop]
-    if isinstance(part, jax.Array):
-      part = part.astype(jnp.float32)
+    if isinstance(self.items, jax.Array):
+      part = self.items if (start, stop) == (0, self.num) else self.items[start:stop]
+      part = part.astype(jnp.float32)  # no copy when already float32
+      if rows == part.shape[0]:
+        return part
       return jnp.pad(part, ((0, rows - part.shape[0]), (0, 0)))
+    part = self.items[start:stop]
     out = np.zeros((rows, self.dim), np.float32)
     out[:stop - start] = part  # the copy that takes the pages out of the memory map
     self._release(part)
