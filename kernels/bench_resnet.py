@@ -39,7 +39,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fwjax.models import resnet
@@ -75,7 +74,8 @@ def _seconds(step) -> float:
   return time.perf_counter() - start
 
 
-def time_interleaved(steps: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+def time_interleaved(steps: dict[str, Callable[[], Any]], repeats: int
+                     ) -> dict[str, dict[str, float]]:
   """Times each step ``repeats`` times, alternating between them so that load from other
   processes on a shared machine hits every contender alike; median and best seconds."""
   times = {name: [] for name in steps}

@@ -78,7 +78,7 @@ def test_param_groups():
 
 
 def test_cross_device_batch_norm_in_every_part():
-  """bn_axis_name='data' under shard_map == the whole batch on one device (preprocess, body, head)."""
+  """bn_axis_name='data' under shard_map == the whole batch on one device, in every part."""
   mesh = Mesh(np.array(jax.devices()[:4]), ('data',))
   x = jax.random.normal(jax.random.key(1), (8, 64, 32, 3))
   kwargs = dict(preprocess='cbn_3', head_dropout_rates=(0.0, 0.0), precision='highest')

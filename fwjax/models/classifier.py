@@ -170,8 +170,9 @@ def insert_body(variables: dict[str, Any], body_variables: dict[str, Any]) -> di
   for collection in ('params', 'batch_stats'):
     target = variables[collection]['body']
     source = body_variables[collection]
-    want = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(target)}
-    got = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(source)}
+    flat = lambda tree: {jax.tree_util.keystr(p): leaf
+                         for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    want, got = flat(target), flat(source)
     problems = [f'missing {k}' for k in sorted(set(want) - set(got))]
     problems += [f'unexpected {k}' for k in sorted(set(got) - set(want))]
     problems += [f'{k}: shape {np.shape(got[k])}, expected {np.shape(want[k])}'

@@ -183,7 +183,8 @@ def state_dict_to_variables(state: dict[str, np.ndarray], *, include_fc: bool = 
     where: a name for error messages (the file path).
 
   Returns:
-    ``{'params': ..., 'batch_stats': ...}`` of numpy arrays, shaped like ``ResNet50(width=..., stage_sizes=..., num_classes=...)``'s variables.
+    ``{'params': ..., 'batch_stats': ...}`` of numpy arrays, shaped like the variables of
+    ``ResNet50(width=..., stage_sizes=..., num_classes=...)``.
 
   Raises:
     CheckpointMismatchError: missing keys, unexpected keys, or wrong shapes, each listed by name
