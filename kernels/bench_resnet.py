@@ -23,6 +23,8 @@ FLOPs: ResNet-50 does 4.09 G multiply-adds = 8.18 GFLOP per 224x224 forward (tor
 "4.09 GFLOPS" counts multiply-adds); other sizes scale by pixel count; a training step counts
 3x the forward. XLA's own count (``cost_analysis``) is printed beside it. On a GPU the achieved
 FLOP/s is reported as a share of ``--peak_flops`` (default 989e12: H100/H200 SXM dense bf16).
+On NVIDIA GPUs the float32 rows use JAX's default matmul precision (TF32 tensor cores), as
+PyTorch's cuDNN convolutions do by default; fwjax's parity tests pin 'highest' instead.
 Reference point: NVIDIA's ResNet-50 v1.5 mixed-precision training reaches about 2,500 images/s
 on one A100 at 224x224 (about 20% of the A100's 312 TFLOP/s).
 """
