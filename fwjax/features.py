@@ -6,11 +6,8 @@ channel composition, resize policy) and, inside it, per *image content* (sha256 
 bytes): a re-run extracts only the images that are new or changed, renamed files are free, and a
 file replaced under the same name is re-extracted.
 
-The cache of one configuration is an append-only float32 matrix (``features.f32``, rows of D) and
-an index (``index.tsv``: content hash, row). Appends hold an exclusive ``flock``, so two runs can
-share a cache. Extraction streams: batches go to the cache as they are computed and the features
-of a collection are assembled chunk by chunk into a memory-mapped ``.npy``, so a collection larger
-than memory never has to fit in it.
+The cache itself (an append-only matrix plus a content-hash index per configuration) is in
+``fwjax.feature_cache``.
 
 Example::
 
@@ -24,9 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import fcntl
 import hashlib
-import json
 import os
 import pathlib
 import sys
@@ -40,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fwjax import feature_cache
 from fwjax import resample
 from fwjax.data import images as images_lib
 from fwjax.models import resnet
@@ -51,7 +47,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bumped when extraction changes in a way that changes the numbers: old caches are then ignored.
 _CACHE_VERSION = 1
-_ASSEMBLE_CHUNK = 4096
 
 
 class FeatureError(ValueError):
@@ -75,23 +70,14 @@ class FeatureModel:
   width: int
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-  """Returns the sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _weights_identity(path: pathlib.Path) -> str:
   if path.is_dir():  # an orbax checkpoint is a folder: hash every file in it, in a fixed order
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob('*') if p.is_file()):
       digest.update(str(file.relative_to(path)).encode())
-      digest.update(file_sha256(file).encode())
+      digest.update(feature_cache.file_sha256(file).encode())
     return 'sha256:' + digest.hexdigest()
-  return 'sha256:' + file_sha256(path)
+  return 'sha256:' + feature_cache.file_sha256(path)
 
 
 def _stem_width(params: Any) -> int:
@@ -270,54 +256,6 @@ class FeatureSet:
   extract_seconds: float
 
 
-class FeatureCache:
-  """The on-disk features of one configuration: append-only rows plus a content-hash index."""
-
-  def __init__(self, root: str | os.PathLike[str], config: dict[str, Any], dim: int):
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:24]
-    self.dir = pathlib.Path(root).expanduser() / key
-    self.dir.mkdir(parents=True, exist_ok=True)
-    self.dim = dim
-    meta = self.dir / 'config.json'
-    if not meta.exists():  # written for a human browsing the cache; the key is the hash
-      meta.write_text(json.dumps(dict(config, dim=dim), indent=1, sort_keys=True))
-    self._data = self.dir / 'features.f32'
-    self._index = self.dir / 'index.tsv'
-    self.rows = self._read_index()
-
-  def _read_index(self) -> dict[str, int]:
-    rows = {}
-    if self._index.exists():
-      for line in self._index.read_text().splitlines(keepends=True):
-        if line.endswith('\n'):  # a line cut short by a crash is ignored: its row is recomputed
-          digest, row = line.split('\t')
-          rows[digest] = int(row)
-    return rows
-
-  def append(self, digests: Sequence[str], features: np.ndarray) -> None:
-    """Adds rows; the data is written before the index, so the index never points past it."""
-    row_bytes = 4 * self.dim
-    with open(self.dir / 'lock', 'w') as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      with open(self._data, 'ab') as f:
-        size = f.seek(0, os.SEEK_END)
-        if size % row_bytes:  # a crashed writer left a partial row: pad it out, never reuse it
-          f.write(b'\0' * (row_bytes - size % row_bytes))
-          size += row_bytes - size % row_bytes
-        f.write(np.ascontiguousarray(features, np.float32).tobytes())
-      first = size // row_bytes
-      with open(self._index, 'a') as f:
-        f.write(''.join(f'{d}\t{first + i}\n' for i, d in enumerate(digests)))
-    self.rows.update({d: first + i for i, d in enumerate(digests)})
-
-  def matrix(self) -> np.ndarray:
-    """All cached rows as a read-only memory map (R, D)."""
-    count = self._data.stat().st_size // (4 * self.dim) if self._data.exists() else 0
-    if count == 0:
-      return np.zeros((0, self.dim), np.float32)
-    return np.memmap(self._data, np.float32, 'r', shape=(count, self.dim))
-
-
 class _Progress:
   """A one-line progress bar on stderr (at most a few updates per second)."""
 
@@ -421,14 +359,14 @@ def extract_features(
   skipped: dict[int, str] = {}
   for i, path in enumerate(paths):
     try:
-      digests.append(file_sha256(path))
+      digests.append(feature_cache.file_sha256(path))
     except OSError as error:
       digests.append(None)
       skipped[i] = f'cannot read file: {error.strerror or error}'
   config = dict(version=_CACHE_VERSION, model=model.identity, stage=stage, height=height,
                 width=width, composition=composition, policy=policy)
   with tempfile.TemporaryDirectory(prefix='fwjax-features-') as scratch:
-    cache = FeatureCache(cache_dir if cache_dir is not None else scratch, config, extractor.dim)
+    cache = feature_cache.FeatureCache(cache_dir if cache_dir is not None else scratch, config, extractor.dim)
     todo: dict[str, pathlib.Path] = {}
     for digest, path in zip(digests, paths):
       if digest is not None and digest not in cache.rows:
@@ -439,13 +377,13 @@ def extract_features(
       if digest is not None and digest in failed:
         skipped[i] = failed[digest]
     keep = [i for i in range(len(paths)) if i not in skipped]
-    features = _assemble(cache, [digests[i] for i in keep], out_path)
+    features = feature_cache.assemble(cache, [digests[i] for i in keep], out_path)
   return FeatureSet(features=features, paths=[paths[i] for i in keep],
                     skipped=[(paths[i], skipped[i]) for i in sorted(skipped)],
                     num_extracted=len(todo) - len(failed), extract_seconds=extract_seconds)
 
 
-def _extract_missing(cache: FeatureCache, extractor: Extractor,
+def _extract_missing(cache: feature_cache.FeatureCache, extractor: Extractor,
                      items: list[tuple[str, pathlib.Path]], composition: str, height: int,
                      width: int, policy: str, workers: int | None,
                      progress: bool) -> tuple[dict[str, str], float]:
@@ -462,23 +400,3 @@ def _extract_missing(cache: FeatureCache, extractor: Extractor,
       cache.append([d for d, _ in good], extractor(np.stack([image for _, image in good])))
     bar.update(len(batch))
   return failed, time.perf_counter() - start
-
-
-def _assemble(cache: FeatureCache, digests: list[str],
-              out_path: str | os.PathLike[str] | None) -> np.ndarray:
-  """Gathers the cached rows of ``digests`` in order, chunk by chunk (streams to ``out_path``)."""
-  shape = (len(digests), cache.dim)
-  if out_path is None:
-    out = np.empty(shape, np.float32)
-  else:
-    pathlib.Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(out_path, mode='w+', dtype=np.float32, shape=shape)
-  if digests:
-    matrix = cache.matrix()
-    rows = np.fromiter((cache.rows[d] for d in digests), np.int64, len(digests))
-    for start in range(0, len(rows), _ASSEMBLE_CHUNK):
-      chunk = rows[start:start + _ASSEMBLE_CHUNK]
-      out[start:start + len(chunk)] = matrix[chunk]
-  if out_path is not None:
-    out.flush()
-  return out
