@@ -119,6 +119,7 @@ def _prepare_queries(queries: ArrayLike, reference_mask, metric: str, fusion: st
     _raise_bad_row('queries', _where(bad[0], num_refs), K.NON_FINITE, metric)
   if fusion == 'mean_feature' and num_refs > 1:
     weights = mask[:, :, None].astype(np.float64)
+    q = np.where(mask[:, :, None], q, 0.0)  # padding may hold NaN: 0 * NaN is NaN
     q = ((q * weights).sum(axis=1) / weights.sum(axis=1)).astype(np.float32)[:, None, :]
     mask = np.ones((num_queries, 1), bool)
     num_refs = 1

@@ -1,0 +1,246 @@
+"""fwjax.distances.topk / rank: exact orders with ties against numpy, chunked == unchunked
+(bit for bit), sharded == one device, memory-mapped input, fusion, re-scoring, bad rows."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from hypothesis import given, settings, strategies as st
+import jax
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from fwjax import distances
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCIPY = {'euclidean': 'euclidean', 'sqeuclidean': 'sqeuclidean', 'manhattan': 'cityblock',
+         'cosine': 'cosine'}
+EXACT = ('euclidean', 'sqeuclidean', 'manhattan')  # exact in float32 on small integer features
+
+
+def int_features(rng, shape):
+  # Small integers: squared and absolute differences are exact in float32, with many ties.
+  return rng.integers(0, 3, shape).astype(np.float32)
+
+
+def numpy_order(d: np.ndarray) -> np.ndarray:
+  """Ascending distance, ties by the lower index."""
+  return np.argsort(d, axis=1, kind='stable')
+
+
+def test_four_fake_devices():
+  assert jax.local_device_count() == 4
+
+
+@pytest.mark.parametrize('metric', EXACT)
+def test_topk_and_rank_equal_numpy_order_with_ties(metric):
+  rng = np.random.default_rng(0)
+  q, x = int_features(rng, (6, 5)), int_features(rng, (301, 5))
+  want = cdist(q.astype(np.float64), x.astype(np.float64), SCIPY[metric])
+  order = numpy_order(want)
+  dist, index = distances.topk(q, x, 25, metric, chunk_size=40, block=8)
+  np.testing.assert_array_equal(index, order[:, :25])
+  np.testing.assert_allclose(dist, np.take_along_axis(want, order[:, :25], 1), rtol=1e-6)
+  dist, index = distances.rank(q, x, metric, chunk_size=72, block=8)
+  np.testing.assert_array_equal(index, order)
+  assert index.dtype == np.int64 and dist.dtype == np.float32
+
+
+# k and the chunk length are compile-time constants: few distinct values keep compiles few.
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.sampled_from([1, 5, 64]),
+       metric=st.sampled_from(EXACT), chunk=st.sampled_from([8, 1000]))
+def test_topk_property_any_chunking(seed, k, metric, chunk):
+  rng = np.random.default_rng(seed)
+  q, x = int_features(rng, (3, 4)), int_features(rng, (64, 4))
+  want = cdist(q.astype(np.float64), x.astype(np.float64), SCIPY[metric])
+  _, index = distances.topk(q, x, k, metric, chunk_size=chunk, block=8)
+  np.testing.assert_array_equal(index, numpy_order(want)[:, :k])
+
+
+@pytest.mark.parametrize('metric', distances.METRICS)
+def test_chunked_equals_unchunked_bit_for_bit(metric):
+  rng = np.random.default_rng(1)
+  q = rng.random((4, 24), dtype=np.float32) + 0.01
+  x = rng.random((203, 24), dtype=np.float32) + 0.01
+  x[150] = x[7]  # exact duplicates: equal distances, broken by index
+  x[40] = x[7]
+  full = np.asarray(distances.pairwise(q, x, metric, block=16))
+  order = numpy_order(full)
+  for chunk in (16, 100, 4096):  # 4 devices x 16-row blocks: chunks of 64, 128 and all
+    dist, index = distances.topk(q, x, 12, metric, chunk_size=chunk, block=16)
+    np.testing.assert_array_equal(index, order[:, :12])
+    np.testing.assert_array_equal(dist, np.take_along_axis(full, order[:, :12], 1))
+  for chunk in (16, 4096):
+    dist, index = distances.rank(q, x, metric, chunk_size=chunk, block=16)
+    np.testing.assert_array_equal(index, order)
+    np.testing.assert_array_equal(dist, np.take_along_axis(full, order, 1))
+
+
+def test_float_results_match_cdist_within_tolerance():
+  rng = np.random.default_rng(2)
+  q, x = rng.random((3, 50), dtype=np.float32), rng.random((500, 50), dtype=np.float32)
+  for metric, name in SCIPY.items():
+    want = cdist(q.astype(np.float64), x.astype(np.float64), name)
+    dist, index = distances.topk(q, x, 10, metric, chunk_size=128)
+    np.testing.assert_allclose(dist, np.take_along_axis(want, index, 1), rtol=1e-4, atol=1e-5)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    # a float32 near-tie may swap neighbours; the set of distances must match float64's
+    np.testing.assert_allclose(dist, np.sort(want, axis=1)[:, :10], rtol=1e-4, atol=1e-5)
+
+
+_ONE_DEVICE = """
+import json, sys, numpy as np
+from fwjax import distances
+import jax
+assert jax.local_device_count() == 1
+rng = np.random.default_rng(3)
+q = rng.random((3, 20), dtype=np.float32) + 0.01
+x = rng.random((150, 20), dtype=np.float32) + 0.01
+x[90] = x[5]
+out = {}
+for metric in distances.METRICS:
+  d, i = distances.topk(q, x, 9, metric, chunk_size=64, block=16)
+  out[metric] = [d.tolist(), i.tolist()]
+json.dump(out, sys.stdout)
+"""
+
+
+def test_sharded_equals_single_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, '-c', _ONE_DEVICE], capture_output=True, text=True,
+                        env=env, cwd=REPO, check=True)
+  single = json.loads(done.stdout)
+  rng = np.random.default_rng(3)
+  q = rng.random((3, 20), dtype=np.float32) + 0.01
+  x = rng.random((150, 20), dtype=np.float32) + 0.01
+  x[90] = x[5]
+  for metric in distances.METRICS:
+    d, i = distances.topk(q, x, 9, metric, chunk_size=64, block=16)
+    np.testing.assert_array_equal(d, np.asarray(single[metric][0], np.float32))
+    np.testing.assert_array_equal(i, np.asarray(single[metric][1]))
+
+
+def test_memmap_path_and_jax_inputs_match_ndarray(tmp_path):
+  rng = np.random.default_rng(4)
+  q, x = rng.random((2, 16), dtype=np.float32), rng.random((300, 16), dtype=np.float32)
+  path = tmp_path / 'items.npy'
+  np.save(path, x)
+  want = distances.topk(q, x, 7, 'cosine', chunk_size=64)
+  for items in (path, str(path), np.load(path, mmap_mode='r'), jax.numpy.asarray(x)):
+    got = distances.topk(q, items, 7, 'cosine', chunk_size=64)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_bad_item_row_in_a_later_chunk_is_named_by_global_index(tmp_path):
+  x = np.ones((500, 8), np.float32)
+  x[:, 0] = np.arange(500)
+  x[437, 3] = np.nan
+  path = tmp_path / 'items.npy'
+  np.save(path, x)
+  with pytest.raises(ValueError, match='items row 437 has a NaN or Inf'):
+    distances.topk(np.ones((1, 8)), path, 3, chunk_size=64)
+  x[437, 3] = 1.0
+  x[321] = 0.0
+  with pytest.raises(ValueError, match='items row 321 is a zero vector'):
+    distances.rank(np.ones((1, 8)), x, 'cosine', chunk_size=64)
+
+
+def fused_reference(q, x, metric, fusion, mask):
+  rows = []
+  for refs, keep in zip(q, mask):
+    refs = refs[keep].astype(np.float64)
+    if fusion == 'mean_feature':
+      rows.append(cdist(refs.mean(0, keepdims=True), x, SCIPY[metric])[0])
+    else:
+      d = cdist(refs, x.astype(np.float64), SCIPY[metric])
+      rows.append(d.min(0) if fusion == 'min' else d.sum(0))
+  return np.stack(rows)
+
+
+@pytest.mark.parametrize('fusion', distances.FUSIONS)
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine', 'manhattan'])
+def test_fusion_matches_numpy_and_masked_equals_sliced(fusion, metric):
+  rng = np.random.default_rng(5)
+  q = rng.random((3, 4, 12), dtype=np.float32) + 0.01
+  x = rng.random((120, 12), dtype=np.float32) + 0.01
+  mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]], bool)
+  q_padded = np.where(mask[:, :, None], q, np.nan)  # padding may hold anything
+  want = fused_reference(q, x, metric, fusion, mask)
+  dist, order = distances.rank(q_padded, x, metric, fusion=fusion, reference_mask=mask,
+                               chunk_size=32)
+  np.testing.assert_allclose(dist, np.take_along_axis(want, order, 1), rtol=1e-5, atol=1e-5)
+  assert np.all(np.diff(dist, axis=1) >= 0)
+  # masked equals sliced: query 1 with references 0 and 2 only
+  sliced, sliced_order = distances.rank(q[1:2, [0, 2]], x, metric, fusion=fusion, chunk_size=32)
+  np.testing.assert_allclose(dist[1], sliced[0], rtol=1e-6, atol=1e-6)
+  dist_k, index_k = distances.topk(q_padded, x, 5, metric, fusion=fusion, reference_mask=mask,
+                                   rescore=True)
+  np.testing.assert_allclose(dist_k, np.sort(want, 1)[:, :5], rtol=1e-6, atol=1e-7)
+
+
+def test_rescoring_recovers_exact_order_of_near_duplicates():
+  # Large common offset, tiny differences: ||a||^2 + ||b||^2 - 2ab cancels in float32.
+  rng = np.random.default_rng(6)
+  base = 100.0 + rng.random(256)
+  x = (base + 1e-3 * rng.standard_normal((64, 256))).astype(np.float32)
+  q = (base + 1e-3 * rng.standard_normal((2, 256))).astype(np.float32)
+  want = cdist(q.astype(np.float64), x.astype(np.float64))
+  order = numpy_order(want)
+  dist, index = distances.topk(q, x, 8, 'euclidean', rescore=True, rescore_pool=64)
+  np.testing.assert_array_equal(index, order[:, :8])
+  np.testing.assert_allclose(dist, np.take_along_axis(want, order[:, :8], 1), rtol=1e-6)
+  for metric in ('cosine', 'manhattan', 'modified', 'sqeuclidean'):
+    _, index = distances.topk(q, x, 8, metric, rescore=True, rescore_pool=64)
+    want_m = (modified_reference(q, x) if metric == 'modified'
+              else cdist(q.astype(np.float64), x.astype(np.float64), SCIPY[metric]))
+    np.testing.assert_array_equal(index, numpy_order(want_m)[:, :8])
+
+
+def modified_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """DESIGN.md section 4's modified distance, float64, from differences."""
+  a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+  ca, cb = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
+  t1 = (np.square(a - b).sum(-1) / (a.sum(-1) * b.sum(-1)))**2
+  cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+  t3 = (np.square(ca - cb).sum(-1) / (2 * (np.square(ca).sum(-1) + np.square(cb).sum(-1))))**2
+  return t1 + (cos - 1)**2 + t3
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda q, x: distances.topk(q, x, 0), r'k: must be in \[1, N=10\], got 0'),
+    (lambda q, x: distances.topk(q, x, 11), r'k: must be in \[1, N=10\], got 11'),
+    (lambda q, x: distances.topk(q, x, 3, rescore=True, rescore_pool=2), 'rescore_pool'),
+    (lambda q, x: distances.rank(q, x, fusion='max'), "unknown fusion 'max'"),
+    (lambda q, x: distances.rank(q, x, 'hamming'), "unknown metric 'hamming'"),
+    (lambda q, x: distances.rank(q[:, None].repeat(2, 1), x, reference_mask=np.ones((2, 3), bool)),
+     'reference_mask: expected bool of shape'),
+    (lambda q, x: distances.rank(q[:, None].repeat(2, 1), x,
+                                 reference_mask=np.array([[1, 1], [0, 0]], bool)),
+     'query row 1 has no reference'),
+    (lambda q, x: distances.rank(np.stack([q, q + np.inf], 1), x),
+     'queries row 0 reference 1 has a NaN'),
+    (lambda q, x: distances.rank(np.stack([q, -q], 1), x, 'modified', fusion='mean_feature'),
+     r'queries row 0 \(mean of its references\) is a zero vector'),
+    (lambda q, x: distances.topk(q, '/nonexistent/items.npy', 2), 'cannot memory-map'),
+    (lambda q, x: distances.topk(q, x, 2, chunk_size=0), 'chunk_size: must be positive'),
+])
+def test_ranking_bad_input(call, message):
+  q = np.ones((2, 4), np.float32)
+  x = np.arange(40, dtype=np.float32).reshape(10, 4) + 1
+  with pytest.raises(ValueError, match=message):
+    call(q, x)
+
+
+def test_k_equal_to_n_is_the_full_ranking():
+  rng = np.random.default_rng(7)
+  q, x = rng.random((2, 8), dtype=np.float32), rng.random((30, 8), dtype=np.float32)
+  dist_k, index_k = distances.topk(q, x, 30, 'cosine', chunk_size=16)
+  dist_r, index_r = distances.rank(q, x, 'cosine', chunk_size=16)
+  np.testing.assert_array_equal(index_k, index_r)
+  np.testing.assert_array_equal(dist_k, dist_r)
