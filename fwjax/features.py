@@ -257,25 +257,27 @@ class FeatureSet:
 
 
 class _Progress:
-  """A one-line progress bar on stderr (at most a few updates per second)."""
+  """A one-line progress bar on stderr: redrawn in place on a terminal (a few times a second);
+  in a log file (not a terminal) only the final line is written, so logs stay readable."""
 
   def __init__(self, total: int, label: str, enabled: bool):
     self.total, self.label, self.enabled = total, label, enabled and total > 0
+    self.tty = sys.stderr.isatty()
     self.done, self.start, self.last = 0, time.perf_counter(), 0.0
 
   def update(self, n: int) -> None:
     self.done += n
     now = time.perf_counter()
-    if self.enabled and (now - self.last > 0.5 or self.done >= self.total):
-      self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      width = 30
-      filled = int(width * self.done / self.total)
-      sys.stderr.write(f'\r{self.label} [{"#" * filled}{"." * (width - filled)}] '
-                       f'{self.done}/{self.total} {rate:.1f} img/s')
-      if self.done >= self.total:
-        sys.stderr.write('\n')
-      sys.stderr.flush()
+    finished = self.done >= self.total
+    if not self.enabled or not (finished or (self.tty and now - self.last > 0.5)):
+      return
+    self.last = now
+    rate = self.done / max(now - self.start, 1e-9)
+    filled = int(30 * self.done / self.total)
+    start, end = ('\r' if self.tty else ''), ('\n' if finished else '')
+    sys.stderr.write(f'{start}{self.label} [{"#" * filled}{"." * (30 - filled)}] '
+                     f'{self.done}/{self.total} {rate:.1f} img/s{end}')
+    sys.stderr.flush()
 
 
 def _load(path: pathlib.Path, composition: str, height: int, width: int,
