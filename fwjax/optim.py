@@ -4,27 +4,30 @@ Parameters fall into three groups by their path (``fwjax.models.classifier.param
 0 = body stem, layer1, layer2; 1 = body layer3, layer4; 2 = preprocessing and head. Each
 parameter gets a *label*, a pure function of its path::
 
-  'frozen'               a frozen group's parameter (updates are zero; no optimiser state)
-  'group<g>'             trained with AdamW and decoupled weight decay
-  'group<g>_no_decay'    trained with AdamW without weight decay (BatchNorm scale/bias, biases)
+  'group<g>'             convolution and dense kernels: AdamW with decoupled weight decay
+  'group<g>_no_decay'    biases: AdamW without weight decay
+  'group<g>_bn'          BatchNorm scale and bias: AdamW without weight decay
 
-and ``optax.partition`` gives each label its own AdamW with its own schedule. The two phases of
-fastai's ``freeze(); fit_one_cycle(10, 1e-3); unfreeze(); fit_one_cycle(40, slice(1e-6, 1e-4))``:
+and ``optax.partition`` gives each label its own AdamW whose learning rate is an argument of
+``update`` (``tx.update(grads, state, params, learning_rates={label: lr})``). A phase is a
+:class:`PhasePlan`: a peak rate per label (0 for a frozen label) and a schedule. fastai's
+``freeze(); fit_one_cycle(10, 1e-3); unfreeze(); fit_one_cycle(40, slice(1e-6, 1e-4))``:
 
-- phase 1: groups 0 and 1 frozen except their BatchNorm parameters (fastai's ``train_bn``); every
-  trained parameter peaks at 1e-3 (a float lr applies to every group in fastai).
-- phase 2: every group trained, peaks spread geometrically from 1e-6 to 1e-4 (fastai's
-  ``even_mults``: 1e-6, 1e-5, 1e-4).
+- phase 1: groups 0 and 1 frozen (rate 0) except their BatchNorm parameters (fastai's
+  ``train_bn``); every trained label peaks at 1e-3 (a float lr applies to every group in fastai).
+- phase 2: every label trained, peaks spread geometrically over the groups from 1e-6 to 1e-4
+  (fastai's ``even_mults``: 1e-6, 1e-5, 1e-4).
 
-Each phase starts with fresh optimiser state (fastai's ``freeze_to`` clears it), so a phase's
-state holds the schedule position (optax counts updates) and resumes exactly from a checkpoint.
+Both phases share one optimiser structure, so one compiled train step serves the whole run; a
+frozen parameter gets the update ``-0 * (adam + wd * p)`` and does not move. Each phase starts
+with fresh optimiser state (fastai's ``freeze_to`` clears it).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +38,8 @@ import optax
 from fwjax.models import classifier
 
 NUM_GROUPS = classifier.NUM_PARAM_GROUPS
-FROZEN = 'frozen'
+KINDS = ('', '_no_decay', '_bn')
+LABELS = tuple(f'group{g}{kind}' for g in range(NUM_GROUPS) for kind in KINDS)
 # fastai's defaults for its Adam (mom, sqr_mom, eps) and fit_one_cycle (pct_start, div, div_final).
 B1, B2, EPS = 0.9, 0.99, 1e-5
 WEIGHT_DECAY = 0.1
@@ -43,7 +47,7 @@ PCT_START, DIV, FINAL_DIV = 0.25, 25.0, 1e5
 
 
 def one_cycle(total_steps: int, peak: float, *, pct_start: float = PCT_START, div: float = DIV,
-              final_div: float = FINAL_DIV) -> optax.Schedule:
+              final_div: float = FINAL_DIV) -> Callable[[int], float]:
   """fastai's one-cycle learning rate: cosine warm-up then cosine annealing.
 
   fastai's ``combined_cos(pct_start, peak / div, peak, peak / final_div)``: for update ``t``
@@ -52,10 +56,12 @@ def one_cycle(total_steps: int, peak: float, *, pct_start: float = PCT_START, di
   ``start + (1 + cos(pi (1 - q))) (end - start) / 2``. ``optax.cosine_onecycle_schedule`` differs:
   it ends at ``peak / div / final_div`` and switches at an integer step.
 
+  The schedule runs on the host in float64 (the train step receives the rates as arguments).
+
   Args:
     total_steps: updates in the phase (> 0).
     peak: the maximum learning rate.
-    pct_start: share of the steps spent warming up.
+    pct_start: share of the steps spent warming up, in (0, 1).
     div: the initial rate is ``peak / div``.
     final_div: the final rate is ``peak / final_div``.
 
@@ -68,16 +74,16 @@ def one_cycle(total_steps: int, peak: float, *, pct_start: float = PCT_START, di
     raise ValueError(f'pct_start must be in (0, 1), got {pct_start}')
   start, end = peak / div, peak / final_div
 
-  def cos_between(a: float, b: float, q: jax.Array) -> jax.Array:
-    # a + (1 + cos(pi (1 - q))) (b - a) / 2, written as a weighted sum because in float32 the
-    # difference form loses the tiny final rate (peak / 1e5) to cancellation.
-    return a * jnp.cos(jnp.pi * q / 2)**2 + b * jnp.sin(jnp.pi * q / 2)**2
+  def cos_between(a: float, b: float, q: float) -> float:
+    # a + (1 + cos(pi (1 - q))) (b - a) / 2 as a weighted sum, which keeps the tiny final rate
+    # (peak / 1e5) exact instead of losing it to cancellation.
+    return a * math.cos(math.pi * q / 2)**2 + b * math.sin(math.pi * q / 2)**2
 
-  def schedule(step: jax.Array) -> jax.Array:
-    pos = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
-    warm = cos_between(start, peak, pos / pct_start)
-    anneal = cos_between(peak, end, (pos - pct_start) / (1 - pct_start))
-    return jnp.where(pos < pct_start, warm, anneal)
+  def schedule(step: int) -> float:
+    pos = min(max(float(step) / total_steps, 0.0), 1.0)
+    if pos < pct_start:
+      return cos_between(start, peak, pos / pct_start)
+    return cos_between(peak, end, (pos - pct_start) / (1 - pct_start))
 
   return schedule
 
@@ -97,98 +103,135 @@ def _name(entry: Any) -> str:
   return str(entry)
 
 
-def param_label(path: Sequence[Any], *, frozen_groups: Sequence[int] = (),
-                train_bn: bool = True) -> str:
+def param_label(path: Sequence[Any]) -> str:
   """The optimiser label of one parameter (see the module docstring).
 
   Args:
     path: keys from the root of ``params`` (strings or jax key-path entries).
-    frozen_groups: groups whose parameters do not move.
-    train_bn: BatchNorm parameters of frozen groups stay trainable (fastai's ``train_bn``).
 
   Returns:
-    'frozen', 'group<g>' or 'group<g>_no_decay'.
+    'group<g>', 'group<g>_no_decay' or 'group<g>_bn'.
   """
   group = classifier.param_group(path)
-  batch_norm = classifier.is_batch_norm(path)
-  if group in frozen_groups and not (train_bn and batch_norm):
-    return FROZEN
-  no_decay = batch_norm or _name(path[-1]) == 'bias'
-  return f'group{group}' + ('_no_decay' if no_decay else '')
+  if classifier.is_batch_norm(path):
+    return f'group{group}_bn'
+  return f'group{group}' + ('_no_decay' if _name(path[-1]) == 'bias' else '')
 
 
-def param_labels(params: Any, *, frozen_groups: Sequence[int] = (), train_bn: bool = True) -> Any:
+def param_labels(params: Any) -> Any:
   """A tree like ``params`` holding each parameter's :func:`param_label`."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: param_label(path, frozen_groups=frozen_groups, train_bn=train_bn), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: param_label(path), params)
 
 
-def adamw_partition(lrs: Sequence[float | optax.Schedule], *, frozen_groups: Sequence[int] = (),
-                    train_bn: bool = True, weight_decay: float = WEIGHT_DECAY, b1: float = B1,
-                    b2: float = B2, eps: float = EPS) -> optax.GradientTransformation:
-  """AdamW with one learning rate (or schedule) per parameter group, combined by optax.partition.
+def scale_by_label_rate(label: str) -> optax.GradientTransformationExtraArgs:
+  """Multiplies updates by ``-learning_rates[label]`` (given to ``update`` as an extra argument)."""
+
+  def init_fn(params: Any) -> optax.EmptyState:
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, learning_rates: Mapping[str, Any], **extra):
+    del params, extra
+    rate = jnp.asarray(learning_rates[label], jnp.float32)
+    return jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adamw_groups(*, weight_decay: float = WEIGHT_DECAY, b1: float = B1, b2: float = B2,
+                 eps: float = EPS) -> optax.GradientTransformationExtraArgs:
+  """AdamW per label, combined by ``optax.partition``; rates come with each update.
+
+  ``tx.update(grads, state, params, learning_rates=plan.learning_rates(step))``. Weight decay is
+  decoupled (``p -= lr * wd * p``, as fastai and optax.adamw) and not applied to BatchNorm
+  parameters and biases.
 
   Args:
-    lrs: learning rate or schedule of groups 0, 1, 2.
-    frozen_groups: groups that do not move (except BatchNorm with ``train_bn``).
-    train_bn: keep BatchNorm parameters of frozen groups trainable.
-    weight_decay: decoupled weight decay (``p -= lr * wd * p``), not applied to BatchNorm
-      parameters and biases.
-    b1, b2, eps: Adam's moment decays and epsilon.
+    weight_decay: decoupled weight decay of the 'group<g>' labels.
+    b1, b2, eps: Adam's moment decays and epsilon (fastai: 0.9, 0.99, 1e-5).
 
   Returns:
-    An ``optax.GradientTransformation`` whose labels come from the params passed to ``init``.
+    The transformation; its labels come from the params passed to ``init``.
   """
-  if len(lrs) != NUM_GROUPS:
-    raise ValueError(f'need {NUM_GROUPS} learning rates (one per group), got {len(lrs)}')
-  transforms: dict[str, optax.GradientTransformation] = {FROZEN: optax.set_to_zero()}
-  for g, lr in enumerate(lrs):
-    adamw = functools.partial(optax.adamw, learning_rate=lr, b1=b1, b2=b2, eps=eps)
-    transforms[f'group{g}'] = adamw(weight_decay=weight_decay)
-    transforms[f'group{g}_no_decay'] = adamw(weight_decay=0.0)
-  labels = functools.partial(param_labels, frozen_groups=tuple(frozen_groups), train_bn=train_bn)
-  return optax.partition(transforms, labels)
+  transforms = {}
+  for label in LABELS:
+    parts = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    if not label.endswith(('_no_decay', '_bn')):
+      parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(scale_by_label_rate(label))
+    transforms[label] = optax.chain(*parts)
+  return optax.partition(transforms, param_labels)
 
 
-def phase_optimizer(phase: int, total_steps: int, *, phase1_lr: float = 1e-3,
-                    phase2_lrs: tuple[float, float] = (1e-6, 1e-4), schedule: str = 'one_cycle',
-                    weight_decay: float = WEIGHT_DECAY, pct_start: float = PCT_START,
-                    div: float = DIV, final_div: float = FINAL_DIV
-                    ) -> tuple[optax.GradientTransformation, tuple[optax.Schedule, ...]]:
-  """The optimiser of one training phase (the paper's recipe by default).
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+  """The learning rates of one training phase.
+
+  Attributes:
+    phase: 1 or 2.
+    total_steps: updates in the phase.
+    peaks: peak learning rate per label (0 for frozen labels).
+    schedule: 'one_cycle' (fastai's) or 'constant' (the peak throughout).
+    pct_start, div, final_div: the one-cycle shape (:func:`one_cycle`).
+  """
+  phase: int
+  total_steps: int
+  peaks: Mapping[str, float]
+  schedule: str = 'one_cycle'
+  pct_start: float = PCT_START
+  div: float = DIV
+  final_div: float = FINAL_DIV
+
+  def learning_rates(self, step: int) -> dict[str, np.float32]:
+    """Each label's learning rate at update ``step`` (0-based) of the phase."""
+    if self.schedule == 'constant':
+      shape = 1.0
+    else:
+      shape = one_cycle(self.total_steps, 1.0, pct_start=self.pct_start, div=self.div,
+                        final_div=self.final_div)(step)
+    return {label: np.float32(peak * shape) for label, peak in self.peaks.items()}
+
+  @property
+  def frozen(self) -> tuple[str, ...]:
+    return tuple(label for label, peak in self.peaks.items() if peak == 0)
+
+
+def phase_plan(phase: int, total_steps: int, *, phase1_lr: float = 1e-3,
+               phase2_lrs: tuple[float, float] = (1e-6, 1e-4), schedule: str = 'one_cycle',
+               pct_start: float = PCT_START, div: float = DIV,
+               final_div: float = FINAL_DIV) -> PhasePlan:
+  """The paper's learning rates for phase 1 or 2 (see the module docstring).
 
   Args:
-    phase: 1 (groups 0-1 frozen except BatchNorm, every trained group at ``phase1_lr``) or 2
-      (all groups, peaks geometric from ``phase2_lrs[0]`` to ``phase2_lrs[1]``).
-    total_steps: updates in this phase.
+    phase: 1 (groups 0-1 frozen except BatchNorm, every trained label at ``phase1_lr``) or 2
+      (all labels; group peaks geometric from ``phase2_lrs[0]`` to ``phase2_lrs[1]``).
+    total_steps: updates in the phase.
     phase1_lr: phase 1 peak learning rate.
     phase2_lrs: lowest (group 0) and highest (group 2) phase 2 peak learning rates.
-    schedule: 'one_cycle' (fastai's) or 'constant' (peak rate throughout; for tests and probes).
-    weight_decay, pct_start, div, final_div: see :func:`adamw_partition` and :func:`one_cycle`.
+    schedule: 'one_cycle' or 'constant'.
+    pct_start, div, final_div: the one-cycle shape.
 
   Returns:
-    ``(tx, schedules)``: the transformation and each group's schedule (for logging the rates).
+    A :class:`PhasePlan`.
   """
+  if total_steps <= 0:
+    raise ValueError(f'total_steps must be positive, got {total_steps}')
+  if schedule not in ('one_cycle', 'constant'):
+    raise ValueError(f"schedule must be 'one_cycle' or 'constant', got {schedule!r}")
   if phase == 1:
-    peaks, frozen = (phase1_lr,) * NUM_GROUPS, (0, 1)
+    peaks = {label: (phase1_lr if label.startswith('group2') or label.endswith('_bn') else 0.0)
+             for label in LABELS}
   elif phase == 2:
-    peaks, frozen = discriminative_lrs(*phase2_lrs), ()
+    group_lrs = discriminative_lrs(*phase2_lrs)
+    peaks = {label: group_lrs[int(label[5])] for label in LABELS}
   else:
     raise ValueError(f'phase must be 1 or 2, got {phase}')
-  if schedule == 'one_cycle':
-    schedules = tuple(one_cycle(total_steps, p, pct_start=pct_start, div=div,
-                                final_div=final_div) for p in peaks)
-  elif schedule == 'constant':
-    schedules = tuple(optax.constant_schedule(p) for p in peaks)
-  else:
-    raise ValueError(f"schedule must be 'one_cycle' or 'constant', got {schedule!r}")
-  tx = adamw_partition(schedules, frozen_groups=frozen, weight_decay=weight_decay)
-  return tx, schedules
+  return PhasePlan(phase, total_steps, peaks, schedule, pct_start, div, final_div)
 
 
-def count_by_label(params: Any, labels: Any) -> dict[str, int]:
-  """Number of scalars per label (for the log: how much of the model each phase trains)."""
+def count_by_label(params: Any) -> dict[str, int]:
+  """Number of scalars per label (for the log: how much of the model each label holds)."""
   counts: dict[str, int] = {}
-  for leaf, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels)):
+  for leaf, label in zip(jax.tree.leaves(params), jax.tree.leaves(param_labels(params))):
     counts[label] = counts.get(label, 0) + int(math.prod(np.shape(leaf)))
   return counts
