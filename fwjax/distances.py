@@ -180,8 +180,7 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   source = _source(items)
   (rows, sqnorm, total, mask), _ = _prepare_queries(queries, None, metric, 'sum', source.dim)
   block = _ranking.block_size(source.num, block)
-  rows_padded = -(-source.num // block) * block
-  x = source.read(0, source.num, rows_padded)
+  x = source.read(0, source.num, source.num)
   d, _, codes = K.chunk_distances(rows, sqnorm, total, mask, x, jnp.int32(0),
                                   jnp.int32(source.num), metric=metric, block=block, num_refs=1,
                                   fusion='sum')
@@ -189,7 +188,7 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   bad = np.flatnonzero(codes != K.OK)
   if bad.size:
     _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
-  return d[:, :source.num]
+  return d
 
 
 def _run(queries, items, metric, fusion, reference_mask, k, chunk_size, block, out_full):
