@@ -238,6 +238,24 @@ class Extractor:
     return np.asarray(out)[:n]
 
 
+_EXTRACTORS: dict[tuple[Any, ...], Extractor] = {}
+
+
+def cached_extractor(model: FeatureModel, stage: str, height: int, width: int,
+                     batch_size: int) -> Extractor:
+  """An ``Extractor``, reused within this process for the same weights, stage and shape.
+
+  Ranking runs repeated in one process (a notebook, a grid, the tests) then compile the network
+  once. The key is the model's identity (a hash of its weights file, or its random seed and
+  width), so another model with the same identity has the same variables.
+  """
+  key = (model.identity, stage, height, width, batch_size,
+         tuple(d.id for d in jax.local_devices()))
+  if key not in _EXTRACTORS:
+    _EXTRACTORS[key] = Extractor(model, stage, height, width, batch_size)
+  return _EXTRACTORS[key]
+
+
 @dataclasses.dataclass
 class FeatureSet:
   """Features of a collection, with what was left out.
