@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -186,11 +187,19 @@ def make_loss(name: str, weights: np.ndarray | None = None) -> AdditiveLoss:
   Raises:
     ValueError: an unknown name, or weights given to Soft-F1.
   """
-  if name == 'bce':
-    w = None if weights is None else jnp.asarray(weights, jnp.float32)
-    return AdditiveLoss('bce', lambda lo, la, m: bce_statistics(lo, la, m, w), bce_finish)
+  if name not in LOSSES:
+    raise ValueError(f'unknown loss {name!r}; expected one of {LOSSES}')
+  if name == 'soft_f1' and weights is not None:
+    raise ValueError('soft_f1 takes no label weights (it averages F1 over labels already)')
+  key = None if weights is None else tuple(float(w) for w in np.asarray(weights).ravel())
+  return _make_loss(name, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_loss(name: str, weights: tuple[float, ...] | None) -> AdditiveLoss:
+  # One object per (name, weights): compiled train steps are cached by the loss they use, so a
+  # second fit with the same loss (a resume, a grid run) reuses the compiled step.
   if name == 'soft_f1':
-    if weights is not None:
-      raise ValueError('soft_f1 takes no label weights (it averages F1 over labels already)')
     return AdditiveLoss('soft_f1', soft_f1_statistics, soft_f1_finish)
-  raise ValueError(f'unknown loss {name!r}; expected one of {LOSSES}')
+  w = None if weights is None else np.asarray(weights, np.float32)
+  return AdditiveLoss('bce', lambda lo, la, m: bce_statistics(lo, la, m, w), bce_finish)

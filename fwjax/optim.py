@@ -26,6 +26,7 @@ with fresh optimiser state (fastai's ``freeze_to`` clears it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -138,6 +139,7 @@ def scale_by_label_rate(label: str) -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@functools.lru_cache(maxsize=16)
 def adamw_groups(*, weight_decay: float = WEIGHT_DECAY, b1: float = B1, b2: float = B2,
                  eps: float = EPS) -> optax.GradientTransformationExtraArgs:
   """AdamW per label, combined by ``optax.partition``; rates come with each update.
@@ -151,7 +153,8 @@ def adamw_groups(*, weight_decay: float = WEIGHT_DECAY, b1: float = B1, b2: floa
     b1, b2, eps: Adam's moment decays and epsilon (fastai: 0.9, 0.99, 1e-5).
 
   Returns:
-    The transformation; its labels come from the params passed to ``init``.
+    The transformation; its labels come from the params passed to ``init``. Equal arguments
+    give the same object, so compiled steps cached by optimiser are reused.
   """
   transforms = {}
   for label in LABELS:

@@ -1,0 +1,449 @@
+"""Two-phase fine-tuning with evaluation, checkpoints, exact resume and a non-finite guard.
+
+``fit`` runs fastai's recipe as the paper used it: phase 1 trains the preprocessing layer and the
+head (body frozen except BatchNorm) for ``epochs_phase1`` epochs, phase 2 trains everything with
+discriminative learning rates for ``epochs_phase2`` epochs, each phase one one-cycle schedule
+(``fwjax.optim``). After every epoch it scores the validation set with exact average precision
+(macro PRAUC and per label) and writes an Orbax checkpoint:
+
+  checkpoint_dir/last/<epoch>/   train state (params, batch_stats, optimiser state with the
+                                 schedule position, step, RNG) + progress metadata (JSON)
+  checkpoint_dir/best/<epoch>/   variables (params, batch_stats) of the best macro PRAUC so far
+
+Interrupt it at any point and call ``fit`` again with the same arguments: it resumes from the
+last checkpoint and ends with the same parameters as an uninterrupted run, because everything a
+step depends on is a function of the checkpointed state and the epoch number (the data order is
+drawn from ``(seed, epoch)``, dropout from ``fold_in(key, step)``).
+
+A non-finite loss stops training with :class:`NonFiniteLossError` naming the step and the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fwjax import descriptors
+from fwjax import losses as losses_lib
+from fwjax import optim
+from fwjax import progress as progress_lib
+from fwjax import steps
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """How to train (the model, data and loss are arguments of :func:`fit`).
+
+  Attributes:
+    epochs_phase1: epochs with the body frozen except BatchNorm (paper: 10).
+    epochs_phase2: epochs training everything (paper: 40).
+    phase1_lr: phase 1 peak learning rate.
+    phase2_lrs: phase 2 peak learning rates of group 0 and group 2 (group 1 in between).
+    schedule: 'one_cycle' or 'constant'.
+    weight_decay: decoupled AdamW weight decay (not on BatchNorm and biases).
+    seed: dropout RNG seed (the data order is seeded by the data).
+    checkpoint_dir: where checkpoints go; None for none (and no resume).
+    resume: continue from the last checkpoint in ``checkpoint_dir`` if there is one.
+    fingerprint: identifies everything else a run depends on (model, data, loss); a resume
+      refuses a checkpoint written with a different fingerprint.
+    progress: show a progress bar on stderr.
+    stop_after_epochs: end after this many epochs in total, as if interrupted (for tests and
+      for splitting a long run over several jobs); None to run to the end.
+  """
+  epochs_phase1: int = 10
+  epochs_phase2: int = 40
+  phase1_lr: float = 1e-3
+  phase2_lrs: tuple[float, float] = (1e-6, 1e-4)
+  schedule: str = 'one_cycle'
+  weight_decay: float = optim.WEIGHT_DECAY
+  seed: int = 0
+  checkpoint_dir: str | None = None
+  resume: bool = True
+  fingerprint: str = ''
+  progress: bool = True
+  stop_after_epochs: int | None = None
+
+  def phase_of(self, epoch: int) -> int:
+    """The phase (1 or 2) of a 0-based epoch index."""
+    return 1 if epoch < self.epochs_phase1 else 2
+
+  def epochs_in(self, phase: int) -> int:
+    return self.epochs_phase1 if phase == 1 else self.epochs_phase2
+
+
+@dataclasses.dataclass
+class FitData:
+  """The data ``fit`` consumes (host numpy batches; see :func:`array_data` for an example).
+
+  Attributes:
+    steps_per_epoch: full training batches per epoch.
+    batch_size: global batch size.
+    train_batches: ``epoch -> iterable`` of dicts 'image' (b, H, W, 3) uint8, 'label' (b, L),
+      'mask' (b,) bool, b = this process's share of the batch. The order must be a function of
+      the epoch alone (so a resumed run sees the same batches); no padding (BatchNorm would see
+      it).
+    valid_batches: ``() -> iterable`` of the same dicts covering the validation set in order,
+      the last batch padded with mask False.
+    valid_labels: (N, L) labels of the validation set in the order of ``valid_batches``.
+  """
+  steps_per_epoch: int
+  batch_size: int
+  train_batches: Callable[[int], Iterable[Mapping[str, np.ndarray]]]
+  valid_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+  valid_labels: np.ndarray
+
+
+def array_data(train_images: np.ndarray, train_labels: np.ndarray, valid_images: np.ndarray,
+               valid_labels: np.ndarray, batch_size: int, seed: int = 0) -> FitData:
+  """:class:`FitData` over in-memory arrays (single process): shuffled by ``(seed, epoch)``.
+
+  Raises:
+    ValueError: fewer training images than one batch, or mismatched lengths.
+  """
+  if len(train_images) != len(train_labels) or len(valid_images) != len(valid_labels):
+    raise ValueError('images and labels differ in length')
+  steps_per_epoch = len(train_images) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'{len(train_images)} training images do not fill one batch of '
+                     f'{batch_size}; lower the batch size')
+
+  def train(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    order = np.random.default_rng((seed, epoch)).permutation(len(train_images))
+    for i in range(steps_per_epoch):
+      idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+      yield {'image': train_images[idx], 'label': train_labels[idx],
+             'mask': np.ones(batch_size, bool)}
+
+  def valid() -> Iterator[dict[str, np.ndarray]]:
+    for start in range(0, len(valid_images), batch_size):
+      images, labels = valid_images[start:start + batch_size], valid_labels[start:start + batch_size]
+      pad = batch_size - len(images)
+      yield {'image': np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
+             'label': np.concatenate([labels, np.zeros((pad,) + labels.shape[1:], labels.dtype)]),
+             'mask': np.arange(batch_size) < len(images)}
+
+  return FitData(steps_per_epoch, batch_size, train, valid, np.asarray(valid_labels))
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What ``fit`` returns.
+
+  Attributes:
+    variables: final {'params', 'batch_stats'} (host numpy).
+    history: one record per epoch (see :func:`fit`), resumed epochs included.
+    best_epoch: 1-based epoch of the best validation macro PRAUC (0 if none).
+    valid_scores: (N, L) validation sigmoid scores of the final model.
+    valid_logits: (N, L) validation logits of the final model.
+    last_checkpoint: directory of the last checkpoint ('' without checkpoint_dir).
+    best_checkpoint: directory of the best checkpoint ('' without checkpoint_dir).
+    complete: False when ``stop_after_epochs`` ended the run early.
+  """
+  variables: dict[str, Any]
+  history: list[dict[str, Any]]
+  best_epoch: int
+  valid_scores: np.ndarray
+  valid_logits: np.ndarray
+  last_checkpoint: str
+  best_checkpoint: str
+  complete: bool
+
+
+def _prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,
+              size: int = 2) -> Iterator[tuple[dict[str, jax.Array], float]]:
+  """Loads and shards batches in a background thread; yields (batch, seconds waited for it)."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce() -> None:
+    try:
+      for batch in batches:
+        if stop.is_set():
+          return
+        q.put(steps.shard_batch(batch, mesh))
+      q.put(done)
+    except BaseException as error:  # re-raised in the consumer, with its traceback
+      q.put(error)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      start = time.perf_counter()
+      item = q.get()
+      waited = time.perf_counter() - start
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item, waited
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        thread.join(0.05)
+
+
+def evaluate(eval_step: Callable, variables: Mapping[str, Any], data: FitData,
+             mesh: jax.sharding.Mesh) -> np.ndarray:
+  """Validation logits (N, L) in order, padding removed."""
+  outputs = []
+  for batch, _ in _prefetch(data.valid_batches(), mesh):
+    logits = steps.gather(eval_step(variables, batch))
+    outputs.append(logits[steps.gather(batch['mask'])])
+  logits = np.concatenate(outputs) if outputs else np.zeros((0, data.valid_labels.shape[1]))
+  if len(logits) != len(data.valid_labels):
+    raise ValueError(f'valid_batches gave {len(logits)} unpadded examples, valid_labels has '
+                     f'{len(data.valid_labels)}')
+  return logits
+
+
+def validation_metrics(labels: np.ndarray, logits: np.ndarray,
+                       loss: losses_lib.AdditiveLoss) -> dict[str, Any]:
+  """Loss, exact macro PRAUC and per-label AP of validation logits.
+
+  A label without positives in the validation set has no AP (NaN) and is left out of the macro
+  mean; ``num_labels_without_positives`` says how many were left out.
+  """
+  from fwjax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  per_label = np.asarray(metrics_lib.average_precision(labels, scores, average=None), np.float64)
+  defined = ~np.isnan(per_label)
+  codes = (descriptors.CODES if labels.shape[1] == descriptors.NUM_LABELS
+           else tuple(str(i) for i in range(labels.shape[1])))
+  return {
+      'valid_loss': float(loss(jnp.asarray(logits), jnp.asarray(labels))),
+      'macro_prauc': float(per_label[defined].mean()) if defined.any() else float('nan'),
+      'per_label_ap': dict(zip(codes, map(float, per_label))),
+      'num_labels_without_positives': int((~defined).sum()),
+  }
+
+
+def _fingerprint(config: FitConfig, data: FitData, model: nn.Module) -> str:
+  fields = dataclasses.asdict(config)
+  for unkeyed in ('checkpoint_dir', 'resume', 'progress', 'stop_after_epochs'):
+    fields.pop(unkeyed)
+  # The model's simple attributes (not its initialisers, whose repr holds memory addresses).
+  described = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+               if f.name not in ('parent', 'name')}
+  described = {k: (v if isinstance(v, (bool, int, float, str, tuple, list, type(None)))
+                   else getattr(v, '__name__', type(v).__name__)) for k, v in described.items()}
+  fields.update(steps_per_epoch=data.steps_per_epoch, batch_size=data.batch_size,
+                model=type(model).__name__, model_fields=described)
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Checkpoints:
+  """The 'last' (train state + progress) and 'best' (variables) Orbax checkpoint managers."""
+
+  def __init__(self, directory: str):
+    self.root = os.path.abspath(directory)
+    options = lambda: ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                   enable_async_checkpointing=False)
+    self.last = ocp.CheckpointManager(os.path.join(self.root, 'last'), options=options(),
+                                      item_names=('state', 'meta'))
+    self.best = ocp.CheckpointManager(os.path.join(self.root, 'best'), options=options(),
+                                      item_names=('variables', 'meta'))
+
+  def path(self, manager: ocp.CheckpointManager, step: int | None) -> str:
+    return '' if step is None else str(manager.directory / str(step))
+
+  def save_last(self, epoch: int, state: steps.TrainState, meta: dict[str, Any]) -> str:
+    self.last.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  meta=ocp.args.JsonSave(meta)), force=True)
+    self.last.wait_until_finished()
+    return self.path(self.last, epoch)
+
+  def save_best(self, epoch: int, variables: dict[str, Any], meta: dict[str, Any]) -> str:
+    self.best.save(epoch, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                  meta=ocp.args.JsonSave(meta)), force=True)
+    self.best.wait_until_finished()
+    return self.path(self.best, epoch)
+
+  def latest_meta(self) -> tuple[int, dict[str, Any]] | None:
+    epoch = self.last.latest_step()
+    if epoch is None:
+      return None
+    restored = self.last.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return epoch, restored['meta']
+
+  def restore_state(self, epoch: int, target: steps.TrainState) -> steps.TrainState:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            target)
+    restored = self.last.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored['state']
+
+  def close(self) -> None:
+    self.last.close()
+    self.best.close()
+
+
+def _variables(state: steps.TrainState) -> dict[str, Any]:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
+        loss: losses_lib.AdditiveLoss, config: FitConfig, *,
+        mesh: jax.sharding.Mesh | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+  """Trains in two phases, evaluating and checkpointing after every epoch.
+
+  Args:
+    model: the classifier (its BatchNorm is synchronised over the mesh here:
+      ``bn_axis_name='data'``); its dtype sets the compute precision.
+    variables: initial {'params', 'batch_stats'} (e.g. with a pretrained body inserted).
+    data: batches and validation labels.
+    loss: the training loss.
+    config: epochs, learning rates, checkpoints.
+    mesh: the device mesh (default: every device, :func:`fwjax.steps.make_mesh`).
+    on_epoch: called with the record of each epoch this call runs (epochs done before a resume
+      are in ``FitResult.history`` only).
+
+  Returns:
+    A :class:`FitResult`. Epoch records hold 'epoch' (1-based), 'phase', 'train_loss',
+    'valid_loss', 'macro_prauc', 'per_label_ap', 'num_labels_without_positives', 'lrs' (each
+    group's learning rate at the epoch's last step), 'images_per_second', 'data_wait_per_step',
+    'seconds'.
+
+  Raises:
+    NonFiniteLossError: a training loss was NaN/Inf (message names the step and checkpoint).
+    ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration.
+  """
+  mesh = steps.make_mesh() if mesh is None else mesh
+  steps.local_batch_size(data.batch_size, mesh)  # fails early if the batch does not split
+  if hasattr(model, 'bn_axis_name'):
+    model = model.clone(bn_axis_name=steps.AXIS)
+  total_epochs = config.epochs_phase1 + config.epochs_phase2
+  fingerprint = config.fingerprint + ':' + _fingerprint(config, data, model)
+  base_key = jax.random.key(config.seed)
+  eval_step = steps.make_eval_step(model, mesh)
+  checkpoints = _Checkpoints(config.checkpoint_dir) if config.checkpoint_dir else None
+
+  tx = optim.adamw_groups(weight_decay=config.weight_decay)
+  train_step = steps.make_train_step(model, tx, loss, mesh)
+
+  def plan(phase: int) -> optim.PhasePlan:
+    return optim.phase_plan(phase, data.steps_per_epoch * config.epochs_in(phase),
+                            phase1_lr=config.phase1_lr, phase2_lrs=config.phase2_lrs,
+                            schedule=config.schedule)
+
+  def new_state(phase: int, variables: Mapping[str, Any]) -> steps.TrainState:
+    # Fresh optimiser state per phase (fastai clears it when it unfreezes), own dropout key.
+    return steps.replicate(steps.create_state(variables, tx, jax.random.fold_in(base_key, phase)),
+                           mesh)
+
+  history: list[dict[str, Any]] = []
+  best = {'epoch': 0, 'macro_prauc': -math.inf}
+  start_epoch = 0
+  last_path = best_path = ''
+  state = None
+  if checkpoints is not None and config.resume:
+    found = checkpoints.latest_meta()
+    if found is not None:
+      start_epoch, meta = found
+      if meta['fingerprint'] != fingerprint:
+        raise ValueError(f'{checkpoints.root} holds a checkpoint of a different configuration; '
+                         'use another output directory, delete it, or pass resume=False')
+      state = checkpoints.restore_state(start_epoch, new_state(meta['phase'], variables))
+      history, best = meta['history'], meta['best']
+      last_path = checkpoints.path(checkpoints.last, start_epoch)
+      best_path = checkpoints.path(checkpoints.best, checkpoints.best.latest_step())
+      print(f'resuming from {last_path}: {start_epoch} of {total_epochs} epochs done', flush=True)
+      if start_epoch < total_epochs and config.phase_of(start_epoch) != meta['phase']:
+        state = new_state(config.phase_of(start_epoch), _variables(state))
+
+  end_epoch = total_epochs if config.stop_after_epochs is None else min(
+      total_epochs, config.stop_after_epochs)
+  logits = None
+  for epoch in range(start_epoch, end_epoch):
+    phase = config.phase_of(epoch)
+    if state is None:
+      state = new_state(phase, variables)
+    elif epoch == config.epochs_phase1 and epoch != start_epoch:
+      state = new_state(phase, _variables(state))
+    phase_plan = plan(phase)
+    phase_epoch = epoch + 1 - (0 if phase == 1 else config.epochs_phase1)
+    first_step = (phase_epoch - 1) * data.steps_per_epoch  # schedule position in the phase
+    bar = progress_lib.ProgressBar(
+        data.steps_per_epoch, f'phase {phase} epoch {phase_epoch}/{config.epochs_in(phase)}',
+        data.batch_size, enabled=config.progress)
+    started = time.perf_counter()
+    pending = None  # the previous step's loss, checked one step late to keep the device busy
+
+    def check(pending_loss, step_number) -> float:
+      value = float(pending_loss)
+      if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f'training loss is {value} at step {step_number} (epoch {epoch + 1}, phase {phase}); '
+            f'last good checkpoint: {last_path or "none (no checkpoint written yet)"}')
+      return value
+
+    for i, (batch, waited) in enumerate(_prefetch(data.train_batches(epoch), mesh)):
+      if i == data.steps_per_epoch:
+        raise ValueError(f'train_batches({epoch}) gave more than steps_per_epoch='
+                         f'{data.steps_per_epoch} batches')
+      step_number = epoch * data.steps_per_epoch + i + 1
+      rates = phase_plan.learning_rates(first_step + i)
+      state, metrics = train_step(state, batch, rates)
+      if pending is not None:
+        bar.update(check(*pending[:2]), pending[2])
+      pending = (metrics['loss'], step_number, waited)
+    if pending is None:
+      raise ValueError(f'train_batches({epoch}) gave no batch; expected {data.steps_per_epoch}')
+    bar.update(check(*pending[:2]), pending[2])
+
+    logits = evaluate(eval_step, _variables(state), data, mesh)
+    record = {'epoch': epoch + 1, 'phase': phase, 'train_loss': bar.mean_loss,
+              **validation_metrics(data.valid_labels, logits, loss),
+              'lrs': [float(rates[f'group{g}']) for g in range(optim.NUM_GROUPS)],
+              'images_per_second': bar.images_per_second,
+              'data_wait_per_step': bar.data_wait_per_step,
+              'seconds': time.perf_counter() - started}
+    history.append(record)
+    improved = record['macro_prauc'] > best['macro_prauc']
+    if improved:
+      best = {'epoch': epoch + 1, 'macro_prauc': record['macro_prauc']}
+    bar.close(f' | valid loss {record["valid_loss"]:.4f} PRAUC {record["macro_prauc"]:.4f}'
+              + (' *' if improved else ''))
+    if checkpoints is not None:
+      meta = {'fingerprint': fingerprint, 'phase': phase, 'history': history, 'best': best}
+      if improved:
+        best_path = checkpoints.save_best(epoch + 1, jax.device_get(_variables(state)), meta)
+      last_path = checkpoints.save_last(epoch + 1, state, meta)
+    if on_epoch is not None:
+      on_epoch(record)
+
+  if checkpoints is not None:
+    checkpoints.close()
+  if state is None:  # no epoch to run and no checkpoint: the initial variables are final
+    state = new_state(1, variables)
+  final = jax.device_get(_variables(state))
+  if logits is None:  # no epoch ran in this call (e.g. resumed a finished run)
+    logits = evaluate(eval_step, _variables(state), data, mesh)
+  return FitResult(variables=final, history=history, best_epoch=best['epoch'],
+                   valid_scores=1 / (1 + np.exp(-logits.astype(np.float64))),
+                   valid_logits=logits, last_checkpoint=last_path, best_checkpoint=best_path,
+                   complete=end_epoch == total_epochs)
