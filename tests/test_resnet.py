@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,16 @@ def test_full_size_name_map_matches_manifest(shared_dir):
   assert count == 25_557_032  # torchvision's published parameter count.
 
 
+def _random_variables(model, x, seed=0):
+  """Random variables shaped like model.init's (positive running variances), without compiling
+  init: each compile of a ResNet costs seconds on a loaded 2-core machine."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.asarray(rng.uniform(0.5, 2, s.shape) if 'var' in str(path[-1])
+                                  else rng.normal(0, 0.2, s.shape), s.dtype),
+      jax.eval_shape(model.init, jax.random.key(0), x))
+
+
 def _small_model(**kwargs):
   return resnet.ResNet50(width=8, stage_sizes=(1, 1, 1, 1), num_classes=5,
                          precision='highest', **kwargs)
@@ -99,7 +110,7 @@ def _small_model(**kwargs):
 def test_train_mode_batch_stats_use_torch_momentum():
   model = _small_model()
   x = jax.random.normal(jax.random.key(1), (4, 40, 24, 3))
-  variables = jax.jit(model.init)(jax.random.key(0), x)
+  variables = _random_variables(model, x)
   _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
       variables, x)
   conv = jax.lax.conv_general_dilated(x, variables['params']['conv1']['kernel'], (2, 2),
@@ -124,7 +135,7 @@ def test_cross_device_batch_norm_equals_global_batch():
   x = jax.random.normal(jax.random.key(1), (8, 48, 32, 3))
   local = _small_model()
   synced = _small_model(norm=resnet.batch_norm(axis_name='data'))
-  variables = jax.jit(local.init)(jax.random.key(0), x)
+  variables = _random_variables(local, x)
 
   def step(v, x):
     (logits, _), updates = synced.apply(v, x, train=True, mutable=['batch_stats'])
@@ -142,11 +153,15 @@ def test_cross_device_batch_norm_equals_global_batch():
 def test_options_shape_the_tree():
   x = jnp.zeros((2, 352, 144, 3))
   model = _small_model(include_top=False, zero_init_residual=True)
-  variables = jax.jit(model.init)(jax.random.key(0), x)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
   assert 'fc' not in variables['params']
   assert set(variables['params']) == {'conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4'}
-  assert not np.any(variables['params']['layer2']['block0']['bn3']['scale'])
-  logits, feats = jax.jit(model.apply)(variables, x)
+  block = resnet.Bottleneck(8, 2, functools.partial(nn.Conv, use_bias=False),
+                            functools.partial(resnet.batch_norm(), use_running_average=True),
+                            zero_init_residual=True)
+  block_params = jax.jit(block.init)(jax.random.key(0), jnp.ones((1, 8, 8, 16)))['params']
+  assert not np.any(block_params['bn3']['scale']) and np.all(block_params['bn2']['scale'] == 1)
+  logits, feats = jax.eval_shape(model.apply, variables, x)
   assert logits is None
   assert feats['layer4'].shape == (2, 11, 5, 256)  # torchvision rounds odd sizes up.
   assert feats['features'].shape == (2, 256)
