@@ -1,5 +1,6 @@
 """Data-parallel steps and the two-phase fit: 4 devices = 1 device, exact resume, NaN guard."""
 
+import functools
 import math
 from typing import Any
 
@@ -67,8 +68,9 @@ def _model(**kwargs):
   return TinyClassifier(**kwargs)
 
 
+@functools.lru_cache(maxsize=None)
 def _variables(model, seed=0):
-  # jitted: eager init dispatches (and compiles) every primitive one by one.
+  # jitted (eager init compiles every primitive one by one) and cached: compiling dominates here.
   return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, H, W, 3)))
 
 
@@ -103,7 +105,7 @@ def _both_losses(weights):
 def sgd_runs():
   # Dropout draws per device, so it is off here; everything else is the real step.
   model = _model(bn_axis_name='data', dropout=0.0)
-  variables = _variables(model)
+  variables = _variables(_model())
   # One step: from a random initialisation, tiny BatchNorm batches amplify float noise chaotically
   # over several steps, so the equality that matters (same state in, same state out) is per step.
   batches = [_batch(8, 1)]
@@ -132,8 +134,9 @@ def test_four_devices_match_one_device(sgd_runs):
       np.testing.assert_allclose(b - start, a - start, atol=1e-3 * change,
                                  err_msg=jax.tree_util.keystr(path))
   # The single-device loss is the loss computed directly on the whole global batch.
-  logits, _ = _model(dropout=0.0).apply(
-      variables, steps.normalize(batch['image']), train=True, mutable=['batch_stats'])
+  logits, _ = jax.jit(functools.partial(_model(dropout=0.0).apply, train=True,
+                                        mutable=['batch_stats']))(
+      variables, steps.normalize(batch['image']))
   np.testing.assert_allclose(one_loss[0], sgd_runs['loss'](logits, batch['label']), rtol=1e-5)
 
 
@@ -155,7 +158,7 @@ def test_bfloat16_compute_keeps_float32_params(sgd_runs):
 
 def test_eval_step_scores_in_batch_order():
   model = _model(bn_axis_name='data')
-  variables = _variables(model)
+  variables = _variables(_model())
   batch = _batch(8, 6)
   mesh = steps.make_mesh()
   logits = steps.gather(steps.make_eval_step(model, mesh)(steps.replicate(variables, mesh),
