@@ -170,8 +170,11 @@ def load_collection(config: Any, work_dir: pathlib.Path) -> Collection:
     csv_path = pathlib.Path(value).expanduser()
     if not csv_path.is_file():
       raise FileNotFoundError(f'--manifest: no such file: {csv_path}')
-    # Unreadable images are not skipped here: feature extraction lists them in the report.
-    items = [pathlib.Path(e.path) for e in manifest.read_manifest(csv_path, check_images=False)]
+    # Rows the manifest reader refuses are listed in its report file (named in the description
+    # and so in summary.json); images that fail to decode later are listed by feature extraction.
+    skipped_rows = work_dir / 'manifest_skipped.csv'
+    items = [pathlib.Path(e.path) for e in manifest.read_manifest(
+        csv_path, on_bad_image='skip', report_path=skipped_rows)]
     root, classes, other = None, None, 0
   else:
     root = pathlib.Path(value).expanduser()
@@ -181,7 +184,9 @@ def load_collection(config: Any, work_dir: pathlib.Path) -> Collection:
     found = [_class_of(p, root) for p in items]
     classes = None if not items or None in found else found
   description = f'{source} {value}: {len(items)} images' + (
-      f' ({other} non-image files ignored)' if other else '')
+      f' ({other} non-image files ignored)' if other else '') + (
+          f' (manifest rows left out: {skipped_rows})'
+          if source == 'manifest' and skipped_rows.exists() else '')
 
   if config.references:
     if tuple(config.num_references) != (1,):
