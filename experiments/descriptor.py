@@ -70,10 +70,9 @@ def _resolved_flags() -> str:
   return '\n'.join(line for line in lines if line) + '\n'
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = descriptor_job.DescriptorConfig(
+def config_from_flags() -> descriptor_job.DescriptorConfig:
+  """The DescriptorConfig of the parsed flags (experiments.grid builds its base from it too)."""
+  return descriptor_job.DescriptorConfig(
       out_dir=_OUT_DIR.value, manifest=_MANIFEST.value, data_root=_DATA_ROOT.value,
       synthetic=_SYNTHETIC.value, synthetic_size=tuple(int(v) for v in _SYNTHETIC_SIZE.value),
       valid_fraction=_VALID_FRACTION.value, split_seed=_SPLIT_SEED.value,
@@ -85,7 +84,12 @@ def main(argv):
       dtype=_DTYPE.value, results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
       progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, flags_text=_resolved_flags())
-  descriptor_job.run_descriptor(config)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  descriptor_job.run_descriptor(config_from_flags())
 
 
 if __name__ == '__main__':
