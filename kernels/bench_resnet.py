@@ -2,7 +2,7 @@ r"""ResNet-50 throughput: fwjax (Flax, XLA) next to the same network in PyTorch 
 
   python -m kernels.bench_resnet --quick --out /tmp/bench_resnet_quick.json
   python -m kernels.bench_resnet --out bench_resnet.json                     # all sizes
-  python -m kernels.bench_resnet --batch_size=256 --no_torch --out gpu.json  # on a GPU
+  python -m kernels.bench_resnet --batch_size=128 --torch_batch_size=128 --out gpu.json  # GPU
 
 For each input size (224x224, 352x144, 464x192, 928x384) and compute dtype (float32; bfloat16
 with float32 parameters, i.e. mixed precision) it times, on the same random images:
@@ -13,7 +13,7 @@ with float32 parameters, i.e. mixed precision) it times, on the same random imag
 
 and the same two in PyTorch (a hand-built torchvision-layout ResNet-50, since torchvision is not
 installable here; ``channels_last`` memory format, ``torch.autocast(bfloat16)`` for mixed
-precision, eager mode; PyTorch runs on the CPU even on a GPU machine). Images/s are medians
+precision, eager mode; on the GPU when CUDA is there, else on the CPU). Images/s are medians
 over ``--repeats`` timed steps after warm-up; JAX compile time (``lower().compile()``) and
 PyTorch's first-call time are reported apart. Inputs already sit on the device (no host
 transfer). The batch is ``--batch_size`` at 224x224 and scaled to keep pixels per batch constant
@@ -139,18 +139,29 @@ def jax_steps(height: int, width: int, batch: int, dtype, model_width: int) -> d
 
 
 def torch_steps(height: int, width: int, batch: int, bf16: bool, model_width: int) -> dict:
-  """Warmed-up PyTorch (CPU, eager, channels_last) forward and training steps (callables)."""
+  """Warmed-up PyTorch (eager, channels_last) forward and training steps (callables).
+
+  On a machine with CUDA, PyTorch runs on the GPU (cuDNN, TF32 allowed for float32 as JAX's
+  default allows it), synchronising at the end of each step so host timers see the work done.
+  """
   torch.manual_seed(0)
-  model = _torch_resnet.ResNet50(width=model_width).to(memory_format=torch.channels_last)
-  x = torch.randn(batch, 3, height, width).to(memory_format=torch.channels_last)
-  labels = torch.randint(0, 1000, (batch,))
-  autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16)
-  out = {}
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if device == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  model = _torch_resnet.ResNet50(width=model_width).to(device, memory_format=torch.channels_last)
+  x = torch.randn(batch, 3, height, width, device=device).to(memory_format=torch.channels_last)
+  labels = torch.randint(0, 1000, (batch,), device=device)
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+  out = {'device': device}
 
   def forward():
     model.eval()
     with torch.inference_mode(), autocast():
       model(x)
+    sync()
 
   start = time.perf_counter()
   forward()
@@ -166,6 +177,7 @@ def torch_steps(height: int, width: int, batch: int, bf16: bool, model_width: in
       loss = torch.nn.functional.cross_entropy(model(x), labels)
     loss.backward()
     optimizer.step()
+    sync()
 
   start = time.perf_counter()
   train_step()
