@@ -21,7 +21,7 @@ for part in $parts; do
     distances) run distances 420 $PY -m kernels.bench_distances --out "$OUT/distances.json" ;;
     ranking) run ranking 300 $PY -m kernels.bench_ranking --workdir /tmp --out "$OUT/ranking.json" ;;
     ap) run ap 180 $PY -m kernels.bench_average_precision --out "$OUT/ap.json" ;;
-    resnet) run resnet 420 $PY -m kernels.bench_resnet --batch_size 128 --torch_batch_size 128 --out "$OUT/resnet.json" ;;
+    resnet) run resnet 560 $PY -m kernels.bench_resnet --batch_size 128 --torch_batch_size 128 --out "$OUT/resnet.json" ;;
     training) run training 300 $PY -m experiments.bench_training --out "$OUT/training.json" ;;
     similarity) run similarity 300 $PY -m kernels.bench_similarity --workdir /tmp --out "$OUT/similarity.json" ;;
     pipeline) run pipeline 240 $PY -m kernels.bench_pipeline --out "$OUT/pipeline.json" ;;
