@@ -46,6 +46,8 @@ _PRETRAINED = flags.DEFINE_string('pretrained', None, 'torchvision ResNet-50 wei
                                   '.safetensors); unset: random initialisation (said loudly).')
 _WIDTH_MULTIPLIER = flags.DEFINE_float('width_multiplier', 1.0, 'Model width relative to '
                                        'ResNet-50 (0.125 = width 8, for CPU runs).')
+_STAGE_SIZES = flags.DEFINE_list('stage_sizes', ['3', '4', '6', '3'], 'Bottleneck blocks per '
+                                  'stage (ResNet-50: 3,4,6,3; 1,1,1,1 for quick CPU checks).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'Compute dtype (parameters stay float32).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Run folder (outputs, checkpoints).')
@@ -81,6 +83,7 @@ def config_from_flags() -> descriptor_job.DescriptorConfig:
       epochs_phase1=_EPOCHS1.value, epochs_phase2=_EPOCHS2.value, phase1_lr=_LR1.value,
       phase2_lrs=tuple(float(v) for v in _LR2.value), batch_size=_BATCH_SIZE.value,
       seed=_SEED.value, pretrained=_PRETRAINED.value, width_multiplier=_WIDTH_MULTIPLIER.value,
+      stage_sizes=tuple(int(v) for v in _STAGE_SIZES.value),
       dtype=_DTYPE.value, results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
       progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, flags_text=_resolved_flags())

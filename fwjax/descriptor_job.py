@@ -87,6 +87,7 @@ class DescriptorConfig:
   seed: int = 0
   pretrained: str | None = None
   width_multiplier: float = 1.0
+  stage_sizes: tuple[int, int, int, int] = (3, 4, 6, 3)
   dtype: str = 'float32'
   results_db: str | None = None
   name: str = 'descriptor'
@@ -139,6 +140,8 @@ def validate(config: DescriptorConfig) -> None:
       config.epochs_phase1 + config.epochs_phase2 == 0):
     raise ValueError('--epochs_phase1/--epochs_phase2 must be >= 0 and not both 0')
   width = model_width(config)
+  if config.pretrained and tuple(config.stage_sizes) != (3, 4, 6, 3):
+    raise ValueError('--pretrained ResNet-50 weights need --stage_sizes=3,4,6,3')
   if config.pretrained and width != STANDARD_WIDTH:
     raise ValueError(f'--pretrained weights need --width_multiplier=1 (width {STANDARD_WIDTH}), '
                      f'got width {width}')
@@ -155,8 +158,8 @@ def model_width(config: DescriptorConfig) -> int:
 
 def build_model(config: DescriptorConfig) -> classifier.DescriptorClassifier:
   return classifier.DescriptorClassifier(
-      preprocess=config.preprocess, width=model_width(config), dtype=DTYPES[config.dtype],
-      bn_axis_name=steps.AXIS,
+      preprocess=config.preprocess, width=model_width(config),
+      stage_sizes=tuple(config.stage_sizes), dtype=DTYPES[config.dtype], bn_axis_name=steps.AXIS,
       # From random initialisation, zero-initialised residual BatchNorm trains faster and more
       # stably (Goyal et al. 2017); pretrained weights overwrite it.
       zero_init_residual=not config.pretrained)
