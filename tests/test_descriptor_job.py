@@ -86,3 +86,16 @@ def test_entry_point_requires_out_dir():
   result = subprocess.run([sys.executable, '-m', 'experiments.descriptor', '--synthetic=8'],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and 'out_dir' in result.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_learns(tmp_path):
+  """The README's main job: quickstart.flags learns clearly above the prevalence baseline."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.descriptor',
+       '--flagfile=experiments/flags/quickstart.flags', f'--out_dir={tmp_path / "quick"}',
+       '--noprogress'], cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'vs prevalence baseline' in result.stdout and 'RANDOM' in result.stdout
+  summary = json.loads((tmp_path / 'quick' / 'summary.json').read_text())
+  assert summary['macro_prauc'] > summary['prevalence_baseline'] + 0.15

@@ -85,3 +85,23 @@ def test_tables_from_the_store(tmp_path):
   table8 = text.split('### Table 8')[1]
   # bce at 224x224: compositions add 0 / 0.01, preprocessing 0 / 0.001, seeds 0 / 0.0001.
   assert '| 224x224 | 0.5056 ± ' in table8 and '| 352x144 | 0.5256 ± ' in table8
+
+
+@pytest.mark.slow
+def test_small_grid_on_synthetic_data(tmp_path):
+  """experiments.grid end to end: runs, restarts without re-running, prints the tables."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  repo = __import__('pathlib').Path(__file__).resolve().parents[1]
+  command = [sys.executable, '-m', 'experiments.grid',
+             '--flagfile=experiments/flags/grid_small.flags', f'--out_dir={tmp_path}',
+             '--compositions=B-B-B,B-H-N', '--preprocessing=cbn_1', '--stage_sizes=1,1,1,1',
+             '--noprogress']
+  first = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=1200)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert '4 run, 0 already complete, 0 failed' in first.stdout
+  assert '### Table 3' in first.stdout and '| B-H-N | cbn_1 |' in first.stdout
+  again = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+  assert '0 run, 4 already complete' in again.stdout
+  runs = store_lib.ResultsStore(tmp_path / 'results.sqlite').runs(status='complete')
+  assert len(runs) == 4 and all(0 <= r['summary']['macro_prauc'] <= 1 for r in runs)
