@@ -88,7 +88,8 @@ def _group_probes(probes: Sequence[tuple[str, pathlib.Path, str]],
 def _fid300(root: pathlib.Path, num_references: Sequence[int], name: str) -> Collection:
   from fwjax.data import fid300  # pylint: disable=import-outside-toplevel
   data = fid300.load_fid300(root)
-  probes = [(str(pid), pathlib.Path(path), str(data.probe_to_reference[pid]))
+  # Queries are named by their file (00001 for tracks_cropped/00001.jpg), classes by reference id.
+  probes = [(pathlib.Path(path).stem, pathlib.Path(path), str(data.probe_to_reference[pid]))
             for pid, path in zip(data.probe_ids, data.probes)]
   query_sets, unused = _group_probes(probes, num_references)
   left = ''.join(f'; R={r}: {n} probe(s) not in a full group of {r}'

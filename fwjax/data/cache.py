@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -201,14 +202,16 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
     progress = _Progress(len(todo), f'resizing into {cache_dir.name}')
     workers = workers or min(os.cpu_count() or 1, 8)
     args = (height, width, policy, tuple(methods), max_pixels)
-    if workers == 1 or len(todo) < 4:
+    if workers == 1 or len(todo) < 32:
       results = (_resize_one(str(paths[r]), *args) for r in todo)
       for row, planes in zip(todo, results):
         for m in methods:
           arrays[m][row] = planes[m]
         progress.step()
     else:
-      with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+      # 'spawn', not fork: forking a process whose JAX runtime has started threads can deadlock.
+      context = multiprocessing.get_context('spawn')
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = {pool.submit(_resize_one, str(paths[r]), *args): r for r in todo}
         for future in concurrent.futures.as_completed(futures):
           row = futures[future]
