@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -151,7 +150,7 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
     width: network input width.
     methods: interpolation methods to cache.
     policy: ``'squish'`` or ``'pad'`` (:func:`fwjax.resample.fit_size`).
-    workers: decoding processes (default: the CPU count, at most 8).
+    workers: decoding threads (default: the CPU count, at most 8).
     max_pixels: decompression-bomb guard for the decoder.
 
   Returns:
@@ -209,9 +208,9 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
           arrays[m][row] = planes[m]
         progress.step()
     else:
-      # 'spawn', not fork: forking a process whose JAX runtime has started threads can deadlock.
-      context = multiprocessing.get_context('spawn')
-      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      # Threads, not processes: Pillow's decoders and numpy's array loops release the GIL, and
+      # forking a process whose JAX runtime has started threads can deadlock.
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_resize_one, str(paths[r]), *args): r for r in todo}
         for future in concurrent.futures.as_completed(futures):
           row = futures[future]
