@@ -22,8 +22,8 @@ for part in $parts; do
     ranking) run ranking 300 $PY -m kernels.bench_ranking --workdir /tmp --out "$OUT/ranking.json" ;;
     ap) run ap 180 $PY -m kernels.bench_average_precision --out "$OUT/ap.json" ;;
     resnet) run resnet 560 $PY -m kernels.bench_resnet --batch_size 128 --torch_batch_size 128 --out "$OUT/resnet.json" ;;
-    training) run training 300 $PY -m experiments.bench_training --out "$OUT/training.json" ;;
-    similarity) run similarity 300 $PY -m kernels.bench_similarity --workdir /tmp --out "$OUT/similarity.json" ;;
+    training) run training 300 $PY -m experiments.bench_training --per_device_batch=64 --steps=10 --out="$OUT/training.json" ;;
+    similarity) run similarity 330 $PY -m kernels.bench_similarity --workdir /tmp --num_items 1000000 --extract_images 2048 --batch_size 128 --out "$OUT/similarity.json" ;;
     pipeline) run pipeline 240 $PY -m kernels.bench_pipeline --out "$OUT/pipeline.json" ;;
     *) echo "unknown part $part" ;;
   esac
