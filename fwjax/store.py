@@ -164,7 +164,20 @@ class ResultsStore:
       conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                              check_same_thread=False)
       conn.execute(f'PRAGMA busy_timeout = {int(self.timeout * 1000)}')
-      mode = conn.execute('PRAGMA journal_mode = WAL').fetchone()[0]
+      # Switching a new file to WAL needs an exclusive lock, and SQLite can answer 'locked' at
+      # once (without the busy handler) when another process switches it at the same moment:
+      # retry until the timeout.
+      deadline = time.monotonic() + self.timeout
+      while True:
+        try:
+          mode = conn.execute('PRAGMA journal_mode = WAL').fetchone()[0]
+          break
+        except sqlite3.OperationalError as error:
+          if 'locked' not in str(error) and 'busy' not in str(error):
+            raise
+          if time.monotonic() > deadline:
+            raise
+          time.sleep(0.05)
       if mode.lower() != 'wal':
         raise RuntimeError(f'{self.path}: SQLite refused WAL mode (got {mode!r}); the store needs '
                            'a local file system that supports shared memory')
