@@ -55,7 +55,7 @@ _RESULTS_DB = flags.DEFINE_string('results_db', None, 'SQLite results store (def
                                   '<out_dir>/results.sqlite).')
 _NAME = flags.DEFINE_string('name', 'descriptor', 'Run name in the results store.')
 _NUM_GRADCAM = flags.DEFINE_integer('num_gradcam', 4, 'Validation images with Grad-CAM overlays.')
-_WORKERS = flags.DEFINE_integer('workers', 0, 'Processes decoding images into the cache '
+_WORKERS = flags.DEFINE_integer('workers', 0, 'Threads decoding images into the cache '
                                 '(0: the cache\'s default).')
 _RESUME = flags.DEFINE_bool('resume', True, 'Continue from the last checkpoint in --out_dir.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')

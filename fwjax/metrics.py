@@ -70,8 +70,9 @@ def _descending_key(y_score: jax.Array) -> jax.Array:
 
 @jax.jit
 def _packed_keys(y_true: jax.Array, y_score: jax.Array) -> jax.Array:
-  """(L, N) uint64 keys: descending-score bits, then the label bit. Run under x64."""
-  return (_descending_key(y_score).astype(jnp.uint64) << 1) | y_true.astype(jnp.uint64)
+  """(N, L) inputs -> (L, N) uint64 keys: descending-score bits, then the label bit (x64)."""
+  keys = (_descending_key(y_score).astype(jnp.uint64) << 1) | y_true.astype(jnp.uint64)
+  return keys.T
 
 
 @jax.jit
@@ -82,8 +83,8 @@ def _ap_from_sorted_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @jax.jit
 def _ap_kernel_general(y_true: jax.Array, y_score: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The same for float64 scores that float32 cannot hold: a two-operand sort."""
-  score_key, y_sorted = jax.lax.sort((-y_score, y_true.astype(jnp.int32)), dimension=1,
+  """The same for (N, L) float64 scores that float32 cannot hold: a two-operand sort."""
+  score_key, y_sorted = jax.lax.sort((-y_score.T, y_true.T.astype(jnp.int32)), dimension=1,
                                      num_keys=1)
   return _ap_from_sorted(score_key, y_sorted)
 
@@ -105,7 +106,7 @@ def _ap_from_sorted(score_key: jax.Array, y_sorted: jax.Array) -> tuple[jax.Arra
 
 
 def _ap_sums(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(L, N) inputs -> per-label sums and positive counts, float64/int64 numpy."""
+  """(N, L) inputs -> per-label sums and positive counts, float64/int64 numpy."""
   with jax.enable_x64(True):
     if y_score.dtype != np.float32:
       total, positives = _ap_kernel_general(jnp.asarray(y_true), jnp.asarray(y_score))
@@ -153,7 +154,7 @@ def average_precision(y_true, y_score, average: str | None = 'macro', *,
   y_true, y_score, squeeze = _as_2d(y_true, y_score)
   if y_score.dtype != np.float32 and np.array_equal(y_score, y_score.astype(np.float32)):
     y_score = y_score.astype(np.float32)  # no information lost: take the fast path
-  total, positives = _ap_sums(np.ascontiguousarray(y_true.T), np.ascontiguousarray(y_score.T))
+  total, positives = _ap_sums(y_true, y_score)
   missing = positives == 0
   ap = np.where(missing, np.nan, total / np.maximum(positives, 1))
   if missing.any():
