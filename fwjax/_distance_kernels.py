@@ -2,10 +2,11 @@
 
 Every metric except manhattan is computed from one float32 matrix product ``q @ x.T`` at full
 precision plus per-row statistics (squared norm, sum); manhattan is a fused
-broadcast-subtract-abs-reduce over fixed-size item blocks (no (Q, N, D) array is ever formed). Items are processed in blocks of a fixed number of rows, so an
-item's distance is the same bits whatever chunk or device it is computed in (XLA's matrix
-product picks its summation order from the operand shapes, so a chunk of another length could
-otherwise round differently and break ties differently).
+broadcast-subtract-abs-reduce (no (Q, N, D) array is ever formed). Items are processed in
+blocks of a fixed number of rows, so an item's distance is the same bits whatever chunk or
+device it is computed in (XLA's matrix product picks its summation order from the operand
+shapes, so a chunk of another length could otherwise round differently and break ties
+differently).
 
 This module also holds the float64 numpy forms used for exact re-scoring.
 """
