@@ -50,6 +50,12 @@ _STAGE_SIZES = flags.DEFINE_list('stage_sizes', ['3', '4', '6', '3'], 'Bottlenec
                                   'stage (ResNet-50: 3,4,6,3; 1,1,1,1 for quick CPU checks).')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'Compute dtype (parameters stay float32).')
+_AUGMENT_FLIP = flags.DEFINE_bool('augment_flip', False, 'Mirror training images left/right '
+                                   'at random (on the device).')
+_AUGMENT_ROTATION = flags.DEFINE_float('augment_rotation', 0.0, 'Rotate training images by up '
+                                       'to this many degrees either way (0: none).')
+_AUGMENT_SHIFT = flags.DEFINE_float('augment_shift', 0.0, 'Shift training images by up to this '
+                                    'fraction of their height and width (0: none).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Run folder (outputs, checkpoints).')
 _RESULTS_DB = flags.DEFINE_string('results_db', None, 'SQLite results store (default: '
                                   '<out_dir>/results.sqlite).')
@@ -84,7 +90,9 @@ def config_from_flags() -> descriptor_job.DescriptorConfig:
       phase2_lrs=tuple(float(v) for v in _LR2.value), batch_size=_BATCH_SIZE.value,
       seed=_SEED.value, pretrained=_PRETRAINED.value, width_multiplier=_WIDTH_MULTIPLIER.value,
       stage_sizes=tuple(int(v) for v in _STAGE_SIZES.value),
-      dtype=_DTYPE.value, results_db=_RESULTS_DB.value, name=_NAME.value,
+      dtype=_DTYPE.value, augment_flip=_AUGMENT_FLIP.value,
+      augment_rotation=_AUGMENT_ROTATION.value, augment_shift=_AUGMENT_SHIFT.value,
+      results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
       progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, flags_text=_resolved_flags())
 

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fwjax import augment as augment_lib
 from fwjax import descriptor_data
 from fwjax import descriptors
 from fwjax import losses as losses_lib
@@ -89,6 +90,9 @@ class DescriptorConfig:
   width_multiplier: float = 1.0
   stage_sizes: tuple[int, int, int, int] = (3, 4, 6, 3)
   dtype: str = 'float32'
+  augment_flip: bool = False
+  augment_rotation: float = 0.0
+  augment_shift: float = 0.0
   results_db: str | None = None
   name: str = 'descriptor'
   num_gradcam: int = 4
@@ -140,6 +144,7 @@ def validate(config: DescriptorConfig) -> None:
       config.epochs_phase1 + config.epochs_phase2 == 0):
     raise ValueError('--epochs_phase1/--epochs_phase2 must be >= 0 and not both 0')
   width = model_width(config)
+  augment(config)
   if config.pretrained and tuple(config.stage_sizes) != (3, 4, 6, 3):
     raise ValueError('--pretrained ResNet-50 weights need --stage_sizes=3,4,6,3')
   if config.pretrained and width != STANDARD_WIDTH:
@@ -147,6 +152,16 @@ def validate(config: DescriptorConfig) -> None:
                      f'got width {width}')
   if config.pretrained and not os.path.exists(config.pretrained):
     raise FileNotFoundError(f'--pretrained={config.pretrained}: no such file')
+
+
+def augment(config: DescriptorConfig) -> augment_lib.Augment | None:
+  """The training augmentation of a configuration (None when it asks for none)."""
+  try:
+    aug = augment_lib.Augment(flip=config.augment_flip, max_rotation=config.augment_rotation,
+                              max_shift=config.augment_shift)
+  except ValueError as error:
+    raise ValueError(f'--augment_rotation/--augment_shift: {error}') from None
+  return aug if aug.active else None
 
 
 def model_width(config: DescriptorConfig) -> int:
@@ -273,7 +288,7 @@ def _run(config: DescriptorConfig, out: pathlib.Path, store: store_lib.ResultsSt
       epochs_phase1=config.epochs_phase1, epochs_phase2=config.epochs_phase2,
       phase1_lr=config.phase1_lr, phase2_lrs=tuple(config.phase2_lrs), seed=config.seed,
       checkpoint_dir=str(out / 'checkpoints'), resume=config.resume, fingerprint=config_key(config),
-      progress=config.progress)
+      progress=config.progress, augment=augment(config))
   if not config.resume and metrics_path.exists():
     metrics_path.unlink()
   t = time.perf_counter()

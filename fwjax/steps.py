@@ -13,7 +13,9 @@ successor of ``jax.pmap``:
   losses that are not per-example means;
 - BatchNorm averages its batch statistics over ``'data'`` (the model is built with
   ``bn_axis_name='data'``), so the running statistics are those of the global batch;
-- dropout draws per device from ``fold_in(key, device index)``.
+- dropout draws per device from ``fold_in(key, device index)``;
+- optional augmentation (``fwjax.augment``) runs on the device, each image keyed by its index in
+  the global batch, so it does not depend on the number of devices.
 
 A 1-device mesh runs the same code (the collectives are identities), and tests check that 4
 fake CPU devices give the same parameters as 1 device on the same global batch.
@@ -38,6 +40,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fwjax import augment as augment_lib
 from fwjax import losses as losses_lib
 
 AXIS = 'data'
@@ -109,7 +112,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
 
 
 def normalize(images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-  """uint8 (B, H, W, 3) -> ImageNet-normalised floats, on the device."""
+  """(B, H, W, 3) pixels in 0..255 (uint8 or float) -> ImageNet-normalised floats, on device."""
   x = images.astype(jnp.float32) / 255.0
   return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
 
@@ -126,7 +129,8 @@ def create_state(variables: Mapping[str, Any], tx: optax.GradientTransformation,
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     loss: losses_lib.AdditiveLoss, mesh: jax.sharding.Mesh, *,
-                    donate: bool = True) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+                    donate: bool = True, augment: augment_lib.Augment | None = None
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """A jitted data-parallel train step ``(state, batch, learning_rates) -> (state, metrics)``.
 
   Args:
@@ -138,6 +142,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     loss: the loss (its statistics are summed over devices).
     mesh: the 1-D 'data' mesh (:func:`make_mesh`).
     donate: reuse the input state's buffers (the caller must not use the old state again).
+    augment: training augmentation (mirror, rotation, shift), drawn per image from the state's
+      key and the step; None for none.
 
   Returns:
     The step. ``batch`` holds 'image' (B, H, W, 3) uint8, 'label' (B, L), 'mask' (B,) bool,
@@ -145,21 +151,32 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     for this update (``PhasePlan.learning_rates(state.step)``). ``metrics`` has the global-batch 'loss' and the number of
     examples 'count' (replicated scalars).
   """
-  return _train_step(model, tx, loss, mesh, donate)
+  return _train_step(model, tx, loss, mesh, donate, augment or augment_lib.Augment())
+
+
+# Folded into the step key for the augmentation stream (dropout folds in device indices, which
+# are small, so a large constant keeps the two streams apart).
+_AUGMENT_STREAM = 0x61756700
 
 
 # Compiled steps are kept per (model, optimiser, loss, mesh): a resumed fit or a second run with
 # the same configuration in one process reuses the executable instead of compiling again.
 @functools.lru_cache(maxsize=8)
 def _train_step(model: nn.Module, tx: optax.GradientTransformation,
-                loss: losses_lib.AdditiveLoss, mesh: jax.sharding.Mesh, donate: bool):
+                loss: losses_lib.AdditiveLoss, mesh: jax.sharding.Mesh, donate: bool,
+                augment: augment_lib.Augment):
   compute_dtype = getattr(model, 'dtype', jnp.float32)
 
   def local_step(state: TrainState, batch: dict[str, jax.Array], learning_rates: Any):
-    key = jax.random.wrap_key_data(state.rng)
-    dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step),
-                                     jax.lax.axis_index(AXIS))
-    images = normalize(batch['image'], compute_dtype)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    device = jax.lax.axis_index(AXIS)
+    dropout_key = jax.random.fold_in(key, device)
+    images = batch['image'].astype(jnp.float32)
+    if augment.active:
+      local = images.shape[0]
+      images = augment_lib.augment_batch(images, jax.random.fold_in(key, _AUGMENT_STREAM),
+                                         augment, offset=device * local)
+    images = normalize(images, compute_dtype)
 
     def objective(params):
       logits, updated = model.apply(

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fwjax import augment as augment_lib
 from fwjax import descriptors
 from fwjax import losses as losses_lib
 from fwjax import optim
@@ -68,6 +69,7 @@ class FitConfig:
     progress: show a progress bar on stderr.
     stop_after_epochs: end after this many epochs in total, as if interrupted (for tests and
       for splitting a long run over several jobs); None to run to the end.
+    augment: on-device training augmentation (``fwjax.augment``); None for none.
   """
   epochs_phase1: int = 10
   epochs_phase2: int = 40
@@ -81,6 +83,7 @@ class FitConfig:
   fingerprint: str = ''
   progress: bool = True
   stop_after_epochs: int | None = None
+  augment: augment_lib.Augment | None = None
 
   def phase_of(self, epoch: int) -> int:
     """The phase (1 or 2) of a 0-based epoch index."""
@@ -343,7 +346,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
   checkpoints = _Checkpoints(config.checkpoint_dir) if config.checkpoint_dir else None
 
   tx = optim.adamw_groups(weight_decay=config.weight_decay)
-  train_step = steps.make_train_step(model, tx, loss, mesh)
+  train_step = steps.make_train_step(model, tx, loss, mesh, augment=config.augment)
 
   def plan(phase: int) -> optim.PhasePlan:
     return optim.phase_plan(phase, data.steps_per_epoch * config.epochs_in(phase),

@@ -26,7 +26,8 @@ def _config(tmp_path, **kwargs):
 
 
 def test_tiny_run_writes_every_output(tmp_path):
-  config = _config(tmp_path)
+  # With augmentation on, so the on-device transforms run inside the real job too.
+  config = _config(tmp_path, augment_flip=True, augment_rotation=5.0, augment_shift=0.05)
   summary = descriptor_job.run_descriptor(config)
   out = tmp_path / 'run'
   on_disk = json.loads((out / 'summary.json').read_text())  # strict JSON: NaN written as null
@@ -56,6 +57,7 @@ def test_tiny_run_writes_every_output(tmp_path):
   assert len(summary['gradcam']) == 2
   assert (out / 'checkpoints' / 'last').is_dir() and (out / 'checkpoints' / 'best').is_dir()
   assert '--synthetic=40' in (out / 'flags.txt').read_text()
+  assert '--augment_rotation=5.0' in (out / 'flags.txt').read_text()
 
   store = store_lib.ResultsStore(out / 'results.sqlite')
   (run,) = store.runs(kind='descriptor')
@@ -78,6 +80,8 @@ def test_bad_configurations_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match='width_multiplier=1'):
     descriptor_job.validate(_config(tmp_path, stage_sizes=(3, 4, 6, 3),
                                     pretrained=str(tmp_path / 'config.py')))
+  with pytest.raises(ValueError, match='--augment_rotation/--augment_shift: max_shift'):
+    descriptor_job.validate(_config(tmp_path, augment_shift=2.0))
   with pytest.raises(ValueError, match='--valid_fraction'):
     descriptor_job.validate(_config(tmp_path, valid_fraction=1.0))
 

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from fwjax import augment as augment_lib
 from fwjax import losses
 from fwjax import optim
 from fwjax import steps
@@ -81,10 +82,10 @@ def _batch(n, seed=0):
   return {'image': images, 'label': labels, 'mask': np.ones(n, bool)}
 
 
-def _run_steps(model, variables, tx, loss, devices, batches):
+def _run_steps(model, variables, tx, loss, devices, batches, augment=None):
   mesh = steps.make_mesh(devices)
   state = steps.replicate(steps.create_state(variables, tx, jax.random.key(3)), mesh)
-  step = steps.make_train_step(model, tx, loss, mesh)
+  step = steps.make_train_step(model, tx, loss, mesh, augment=augment)
   values, states = [], []
   for batch in batches:
     state, metrics = step(state, steps.shard_batch(batch, mesh))
@@ -138,6 +139,21 @@ def test_four_devices_match_one_device(sgd_runs):
                                         mutable=['batch_stats']))(
       variables, steps.normalize(batch['image']))
   np.testing.assert_allclose(one_loss[0], sgd_runs['loss'](logits, batch['label']), rtol=1e-5)
+
+
+def test_augmentation_is_the_same_on_four_devices_and_one(sgd_runs):
+  """Each image's transform is keyed by its global index, so the device count does not matter."""
+  spec = augment_lib.Augment(flip=True, max_rotation=10.0, max_shift=0.1)
+  args = (sgd_runs['model'], sgd_runs['variables'], sgd_runs['tx'], sgd_runs['loss'])
+  (one,), (one_loss,) = _run_steps(*args, jax.devices()[:1], sgd_runs['batches'], spec)
+  (four,), (four_loss,) = _run_steps(*args, jax.devices(), sgd_runs['batches'], spec)
+  np.testing.assert_allclose(four_loss, one_loss, rtol=1e-5)
+  plain_loss = sgd_runs['runs'][1][1][0]
+  assert abs(one_loss - plain_loss) > 1e-4  # the augmentation did change the batch
+  start = sgd_runs['variables']['params']['head']['kernel']
+  d_one = np.asarray(one.params['head']['kernel'] - start)
+  d_four = np.asarray(four.params['head']['kernel'] - start)
+  np.testing.assert_allclose(d_four, d_one, atol=1e-3 * np.abs(d_one).max())
 
 
 def test_bfloat16_compute_keeps_float32_params(sgd_runs):
