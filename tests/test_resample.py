@@ -83,6 +83,35 @@ def test_real_fid300_reference(shared_dir, size):
     assert_same(resample.resize(image, *size, method), image, *size, method)
 
 
+def _log_size(rng, low, high):
+  return int(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+@pytest.mark.parametrize('method', resample.METHODS)
+def test_pillow_path_equals_numpy_reference(method):
+  # The two host paths agree on their own, whatever Pillow is installed: resize_pillow is what
+  # the cache builds with, resize is the reference the device path shares its tables with.
+  rng = np.random.default_rng(len(method))
+  cases = [((6000, 25), (352, 144)), ((25, 6000), (352, 144)), ((1, 1), (352, 144)),
+           ((1, 900), (300, 1)), ((352, 144), (352, 144)), ((3000, 1250), (352, 144))]
+  for _ in range(80):
+    # Log-uniform sides: ratios from 1000x down to 1000x up per axis, aspect ratios to 1:2000.
+    in_h, in_w = _log_size(rng, 1, 2500), _log_size(rng, 1, 2500)
+    if in_h * in_w > 1_500_000:
+      in_w = max(1, 1_500_000 // in_h)
+    cases.append(((in_h, in_w), (_log_size(rng, 1, 1000), _log_size(rng, 1, 1000))))
+  scales = set()
+  for in_shape, out_shape in cases:
+    image = _image(rng, *in_shape)
+    expected = resample.resize(image, *out_shape, method)
+    got = resample.resize_pillow(image, *out_shape, method)
+    differ = int((got != expected).sum()) if got.shape == expected.shape else -1
+    assert got.dtype == np.uint8 and differ == 0, (
+        f'{method} {in_shape} -> {out_shape}: {differ} pixels differ (-1: shapes differ)')
+    scales.update(np.sign(np.subtract(in_shape, out_shape)).tolist())
+  assert scales == {-1, 0, 1}   # upscaled, unchanged and downscaled axes were all exercised
+
+
 @pytest.mark.parametrize('method', resample.METHODS)
 def test_device_batch_equals_pillow(method):
   rng = np.random.default_rng(5)
@@ -124,6 +153,9 @@ def test_pad_policy_keeps_aspect_ratio_and_fills_with_the_background():
     (lambda: resample.resize(np.zeros((0, 4), np.uint8), 2, 2, 'nearest'), 'empty'),
     (lambda: resample.resize(np.zeros((4, 4), np.uint8), 0, 2, 'nearest'), 'positive'),
     (lambda: resample.resize(np.zeros((4, 4), np.uint8), 2, 2, 'bicubic'), 'unknown resampling'),
+    (lambda: resample.resize_pillow(np.zeros((4, 4), np.uint16), 2, 2, 'nearest'), 'uint8'),
+    (lambda: resample.resize_pillow(np.zeros((4, 4), np.uint8), 2, 0, 'hamming'), 'positive'),
+    (lambda: resample.resize_pillow(np.zeros((4, 4), np.uint8), 2, 2, 'lanczos'), 'unknown'),
     (lambda: resample.composition_methods('B-X-N'), 'bad channel composition'),
     (lambda: resample.fit_size(4, 4, 2, 2, 'crop'), 'unknown resize policy'),
     (lambda: resample.resize_batch_jax(np.zeros((1, 3000, 4), np.uint8), 2, 4, 'bilinear'),

@@ -1,10 +1,15 @@
 """The pre-resized cache: every original decoded and resized once per interpolation.
 
 Decoding a 100-megapixel scan takes longer than a training step, so training never reads the
-originals: :func:`build_cache` resizes each image once per method (nearest, bilinear, Hamming,
-Pillow-exact via :mod:`fwjax.resample`) to the network size and stores uint8 planes as
-memory-mapped ``.npy`` files. Any of the paper's nine channel compositions is then a stack of
-three cached planes (:meth:`ResizedCache.images`), so all nine cost one pass over the originals.
+originals: :func:`build_cache` resizes each image once per method (nearest, bilinear, Hamming)
+to the network size and stores uint8 planes as memory-mapped ``.npy`` files. Any of the paper's
+nine channel compositions is then a stack of three cached planes (:meth:`ResizedCache.images`),
+so all nine cost one pass over the originals.
+
+The resizing calls Pillow itself (:func:`fwjax.resample.resize_pillow`), not the numpy reference
+:func:`fwjax.resample.resize`: the two give the same bits (tests/test_resample.py checks it) and
+Pillow is faster on the host (1.5-3x on large scans), which leaves decoding as most of a build's
+time: about 80% for a 6000x2500 PNG (kernels/bench_cache.py measures both).
 
 Layout of ``cache_dir``::
 
@@ -57,7 +62,8 @@ def _resize_one(path: str, height: int, width: int, policy: str, methods: tuple[
   planes = {}
   for method in methods:
     plane = np.full((height, width), fill, np.uint8)
-    plane[top:top + inner_h, left:left + inner_w] = resample.resize(image, inner_h, inner_w, method)
+    plane[top:top + inner_h, left:left + inner_w] = resample.resize_pillow(image, inner_h, inner_w,
+                                                                           method)
     planes[method] = plane
   return planes
 
@@ -208,7 +214,7 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
           arrays[m][row] = planes[m]
         progress.step()
     else:
-      # Threads, not processes: Pillow's decoders and numpy's array loops release the GIL, and
+      # Threads, not processes: Pillow's decoders and resampler release the GIL, and
       # forking a process whose JAX runtime has started threads can deadlock.
       with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_resize_one, str(paths[r]), *args): r for r in todo}
