@@ -3,8 +3,11 @@
 Average precision (:func:`average_precision`) follows scikit-learn's definition exactly:
 ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds, without interpolation;
 tied scores form one threshold. It is computed for all labels at once with one sort per label
-column (64-bit keys: score bits and label bit) and jit-compiled scans, accumulated in float64 so that it agrees with
-scikit-learn to ~1e-12 even on millions of samples.
+column (64-bit keys: score bits and label bit, packed by a jitted kernel) and one scan over the
+sorted keys, accumulated in float64 so that it agrees with scikit-learn to ~1e-12 even on
+millions of samples. Accelerators sort and scan on the device (jitted); on the CPU backend the
+keys are sorted and scanned with numpy, which beats XLA:CPU's comparison sort and cumulative
+scans (``kernels/bench_average_precision.py``).
 
 :func:`average_precision_histograms` and :func:`average_precision_from_histograms` are the
 streaming variant: per-label histograms of positive and negative scores over fixed bins, which
@@ -105,21 +108,49 @@ def _ap_from_sorted(score_key: jax.Array, y_sorted: jax.Array) -> tuple[jax.Arra
   return jnp.sum(jnp.where(is_end, contribution, 0.0), axis=1), tp[:, -1]
 
 
-def _ap_sums(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(N, L) inputs -> per-label sums and positive counts, float64/int64 numpy."""
+def _ap_from_sorted_keys_host(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """:func:`_ap_from_sorted_keys` in numpy, for keys already sorted on the host (CPU backend).
+
+  The same sum, visited only at tie-group ends: for each end j of each row, (positives in the
+  group) * tp[j] / (j + 1). All rows are handled at once on the flattened array, with every
+  row's last position forced to be a group end.
+  """
+  num_labels, n = keys.shape
+  tp = np.cumsum(keys & np.uint64(1), axis=1, dtype=np.int64)
+  score = keys >> np.uint64(1)
+  is_end = np.ones((num_labels, n), bool)
+  np.not_equal(score[:, 1:], score[:, :-1], out=is_end[:, :-1])
+  ends = np.flatnonzero(is_end)
+  tp_end = tp.reshape(-1)[ends]
+  row = ends // n
+  tp_before = np.empty_like(tp_end)
+  tp_before[0] = 0
+  tp_before[1:] = tp_end[:-1]
+  tp_before[1:][row[1:] != row[:-1]] = 0  # a row's first group starts from zero
+  contribution = (tp_end - tp_before) * (tp_end / (ends % n + 1))
+  return np.bincount(row, weights=contribution, minlength=num_labels), tp[:, -1]
+
+
+def _ap_sums(y_true: np.ndarray, y_score: np.ndarray, host_scan: bool | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(N, L) inputs -> per-label sums and positive counts, float64/int64 numpy.
+
+  ``host_scan`` (default: on the CPU backend) sorts the keys and scans them with numpy on the
+  host; otherwise the device sorts and scans (jitted). Both give the same sums; tests run both.
+  """
+  if host_scan is None:
+    host_scan = jax.default_backend() == 'cpu'
   with jax.enable_x64(True):
     if y_score.dtype != np.float32:
       total, positives = _ap_kernel_general(jnp.asarray(y_true), jnp.asarray(y_score))
     else:
       keys = _packed_keys(jnp.asarray(y_true), jnp.asarray(y_score))
-      if jax.default_backend() == 'cpu':
+      if host_scan:
         # One sort of 64-bit integer keys per label. XLA:CPU's sort is a scalar comparison
-        # sort; numpy's is vectorised and ~10x faster on the same keys, so the CPU sorts on
-        # the host. Accelerators sort on the device.
-        keys = jnp.asarray(np.sort(np.asarray(keys), axis=1))
-      else:
-        keys = jax.lax.sort(keys, dimension=1)
-      total, positives = _ap_from_sorted_keys(keys)
+        # sort and its cumulative scans are slow; numpy's sort is vectorised (~10x faster on
+        # the same keys), and scanning where the keys already are saves a copy back.
+        return _ap_from_sorted_keys_host(np.sort(np.asarray(keys), axis=1))
+      total, positives = _ap_from_sorted_keys(jax.lax.sort(keys, dimension=1))
     return np.asarray(total), np.asarray(positives)
 
 

@@ -38,6 +38,25 @@ def test_matches_sklearn_with_many_ties(n, decimals, dtype):
   assert got[0] == 1.0 and np.isnan(got[1])
 
 
+@pytest.mark.parametrize('n', [1, 2, 7, 100, 5000])
+@pytest.mark.parametrize('decimals', [0, 2, None])
+def test_host_and_device_scans_agree_with_sklearn(n, decimals):
+  """The CPU backend scans sorted keys with numpy, accelerators on the device: both exact."""
+  rng = np.random.default_rng(n + 3 * (decimals or 5))
+  y = rng.random((n, 5)) < 0.3
+  y[:, 0] = False
+  s = rng.normal(size=(n, 5))
+  s = (s if decimals is None else np.round(s, decimals)).astype(np.float32)
+  host, host_pos = metrics._ap_sums(y, s, host_scan=True)
+  device, device_pos = metrics._ap_sums(y, s, host_scan=False)
+  np.testing.assert_array_equal(host_pos, y.sum(axis=0))
+  np.testing.assert_array_equal(device_pos, y.sum(axis=0))
+  expected = np.nan_to_num(_sklearn_per_label(y, s)[1:]) * y.sum(axis=0)[1:]  # no positive: 0
+  np.testing.assert_allclose(host[1:], expected, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(device[1:], expected, rtol=1e-12, atol=1e-12)
+  assert host[0] == device[0] == 0
+
+
 def test_macro_leaves_out_labels_without_positives_and_says_so():
   rng = np.random.default_rng(0)
   y = rng.random((200, 5)) < 0.4
