@@ -171,11 +171,10 @@ def _train_step(model: nn.Module, tx: optax.GradientTransformation,
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     device = jax.lax.axis_index(AXIS)
     dropout_key = jax.random.fold_in(key, device)
-    images = batch['image'].astype(jnp.float32)
-    if augment.active:
-      local = images.shape[0]
-      images = augment_lib.augment_batch(images, jax.random.fold_in(key, _AUGMENT_STREAM),
-                                         augment, offset=device * local)
+    # augment_batch returns the batch untouched when ``augment`` asks for nothing.
+    images = augment_lib.augment_batch(
+        batch['image'].astype(jnp.float32), jax.random.fold_in(key, _AUGMENT_STREAM), augment,
+        offset=device * batch['image'].shape[0])
     images = normalize(images, compute_dtype)
 
     def objective(params):
