@@ -2,11 +2,20 @@
 
 Every metric except manhattan is computed from one float32 matrix product ``q @ x.T`` at full
 precision plus per-row statistics (squared norm, sum); manhattan is a fused
-broadcast-subtract-abs-reduce (no (Q, N, D) array is ever formed). Items are processed in
-blocks of a fixed number of rows, so an item's distance is the same bits whatever chunk or
-device it is computed in (XLA's matrix product picks its summation order from the operand
-shapes, so a chunk of another length could otherwise round differently and break ties
-differently).
+broadcast-subtract-abs-reduce (no (Q, N, D) array is ever formed). An item's distance has the
+same bits whatever chunk or device it is computed in, because XLA picks a matrix product's
+summation order from the operand shapes, and XLA:CPU's row reductions also round differently
+for some row counts:
+
+* the product, the statistics and manhattan for several queries run on blocks of a fixed
+  number of item rows (a function of N only) inside one loop; an item is always in the same
+  block;
+* manhattan for one query is a fixed tree of element-wise additions over the whole chunk;
+* the element-wise rest runs on the whole chunk at once.
+
+XLA:CPU runs a loop body on one core and the rest on all of them, so what can leave the loop
+does. Statistics may come precomputed (:class:`fwjax.distances.Collection`), which leaves one
+matrix product per block in the loop: for one query a multi-threaded matrix-vector product.
 
 This module also holds the float64 numpy forms used for exact re-scoring.
 """
@@ -31,13 +40,15 @@ def row_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.sum(x * x, axis=-1), jnp.sum(x, axis=-1)
 
 
-def row_codes(sqnorm: jax.Array, total: jax.Array, metric: str) -> jax.Array:
+def row_codes(sqnorm: jax.Array, total: jax.Array | None, metric: str) -> jax.Array:
   """Per-row refusal code (OK, NON_FINITE, ZERO_NORM, NON_POSITIVE_SUM) for ``metric``.
 
   A non-finite feature makes the squared norm or the sum non-finite, so the statistics the
   kernel needs anyway double as a finiteness check (no extra pass over the items).
   """
-  code = jnp.where(jnp.isfinite(sqnorm) & jnp.isfinite(total), OK, NON_FINITE)
+  # A NaN, an Inf, or a value whose square overflows makes the squared norm non-finite (and
+  # a sum can only overflow after the squares have), so the squared norm alone is the check.
+  code = jnp.where(jnp.isfinite(sqnorm), OK, NON_FINITE)
   if metric in ('cosine', 'modified'):
     code = jnp.where((code == OK) & (sqnorm <= 0), ZERO_NORM, code)
   if metric == 'modified':
@@ -51,13 +62,30 @@ def _clamp(d: jax.Array) -> jax.Array:
 
 
 def _manhattan(q: jax.Array, x: jax.Array) -> jax.Array:
-  """sum |q_i - x_j| for a (Q, D) x (B, D) block.
+  """sum |q_i - x_j| for (Q, D) queries and (C, D) items, as (Q, C).
 
-  XLA fuses the broadcast, subtraction, abs and sum into one reduction loop, so the (B, Q, D)
+  XLA fuses the broadcast, subtraction, abs and sum into one reduction loop, so the (C, Q, D)
   intermediate is never stored; the item block bounds it anyway. Items lead the loop nest so
   each item row is read from memory once and the queries stay in cache.
   """
   return jnp.sum(jnp.abs(x[:, None, :] - q[None, :, :]), axis=-1).T
+
+
+def _tree_sum(y: jax.Array) -> jax.Array:
+  """Sum over the last axis as a fixed binary tree of element-wise additions.
+
+  No reduction op whose order XLA picks, so a row's sum has the same bits whatever the shape
+  around it, and no loop, so XLA:CPU spreads it over every core (pairwise summation is also
+  more accurate than a running sum). XLA fuses the levels a few at a time; the largest stored
+  intermediate is a fraction of ``y``.
+  """
+  width = 1 << max(0, (y.shape[-1] - 1).bit_length())
+  if width != y.shape[-1]:
+    y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, width - y.shape[-1])])  # adds exact zeros
+  while y.shape[-1] > 1:
+    half = y.shape[-1] // 2
+    y = y[..., :half] + y[..., half:]
+  return y[..., 0]
 
 
 def block_distances(q: jax.Array, q_sqnorm: jax.Array, q_sum: jax.Array, gram: jax.Array,
@@ -98,66 +126,96 @@ def fuse(d: jax.Array, num_refs: int, ref_mask: jax.Array, fusion: str) -> jax.A
   return jnp.sum(jnp.where(mask, d, 0.0), axis=1)  # 'sum' ('mean_feature' arrives with R = 1)
 
 
-def _block_stats_and_gram(q: jax.Array, x: jax.Array):
-  """q @ x.T, and the squared norms and sums of the rows of ``x``, in two passes over ``x``.
+def _blocked(fn, x: jax.Array, block: int):
+  """``fn`` on consecutive ``block``-row blocks of ``x``, outputs joined along their last axis.
 
-  The sums ride along in the matrix product as an extra all-ones query row, and the squared
-  norms are a batched dot: both are several times faster on XLA:CPU than ``jnp.sum`` row
-  reductions, which matters when one query makes the product itself memory-bound.
+  The blocks are sliced inside the loop (read in place); a last partial block is zero-padded
+  (a copy of at most one block) and its padding cut from the outputs.
   """
-  ones = jnp.ones((1, q.shape[1]), q.dtype)
-  product = jnp.matmul(jnp.concatenate([q, ones]), x.T, precision=_HIGHEST)
-  sqnorm = lax.dot_general(x, x, (((1,), (1,)), ((0,), (0,))), precision=_HIGHEST)
-  return product[:-1], sqnorm, product[-1]
+  size, dim = x.shape
+  full, tail = divmod(size, block)
+  parts = []
+  if full:
+    out = lax.map(lambda i: fn(lax.dynamic_slice_in_dim(x, i * block, block)), jnp.arange(full))
+    parts.append(jax.tree.map(
+        lambda o: jnp.moveaxis(o, 0, -2).reshape(*o.shape[1:-1], full * block), out))
+  if tail:
+    xb = jnp.zeros((block, dim), x.dtype).at[:tail].set(x[full * block:])
+    parts.append(jax.tree.map(lambda o: o[..., :tail], fn(xb)))
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree.map(lambda *o: jnp.concatenate(o, axis=-1), *parts)
 
 
-def _one_block(q, q_sqnorm, q_sum, ref_mask, xb, *, metric, num_refs, fusion):
-  """Fused (Q, B) distances of one item block, and the block's per-row refusal codes."""
-  if metric == 'manhattan':
-    # A NaN or Inf feature makes every distance of its row non-finite: the first query's
-    # distances are the finiteness check, with no second pass over the items for statistics.
-    d = fuse(_clamp(_manhattan(q, xb)), num_refs, ref_mask, fusion)
-    return d, jnp.where(jnp.isfinite(d[0]), OK, NON_FINITE).astype(jnp.int32)
-  gram, xn, xs = _block_stats_and_gram(q, xb)
-  d = block_distances(q, q_sqnorm, q_sum, gram, xn, xs, metric)
-  return fuse(d, num_refs, ref_mask, fusion), row_codes(xn, xs, metric)
+def _product(q: jax.Array, xb: jax.Array) -> jax.Array:
+  """(Q, B) ``q @ xb.T``: a matrix-vector product for one query; ``xb @ q.T`` (faster on
+  XLA:CPU) for several."""
+  if q.shape[0] == 1:
+    return jnp.matmul(q, xb.T, precision=_HIGHEST)
+  return jnp.matmul(xb, q.T, precision=_HIGHEST).T
+
+
+def _sqnorm(xb: jax.Array) -> jax.Array:
+  return lax.dot_general(xb, xb, (((1,), (1,)), ((0,), (0,))), precision=_HIGHEST)
+
+
+def _sum(xb: jax.Array) -> jax.Array:
+  return jnp.matmul(jnp.ones((1, xb.shape[1]), xb.dtype), xb.T, precision=_HIGHEST)[0]
+
+
+@functools.partial(jax.jit, static_argnames=('block',))
+def item_stats(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+  """(C,) squared norms and sums of item rows, in ``block``-row blocks.
+
+  Bit for bit what :func:`chunk_distances` computes for itself when not given them.
+  """
+  return _blocked(lambda xb: (_sqnorm(xb), _sum(xb)), x, block)
 
 
 @functools.partial(jax.jit, static_argnames=('metric', 'block', 'num_refs', 'fusion'))
-def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, *, metric: str,
-                    block: int, num_refs: int, fusion: str):
+def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, x_sqnorm=None,
+                    x_sum=None, *, metric: str, block: int, num_refs: int, fusion: str):
   """Fused distances of queries to a chunk of items, padding masked out.
 
   Args:
     q, q_sqnorm, q_sum: (Q*R, D) query rows and their statistics.
     ref_mask: (Q, R) bool, which references are real.
     x: (C, D) items; rows at global index >= ``num_items`` are padding. Blocks start at
-      multiples of ``block`` from ``x[0]``; a last partial block is padded (a small copy).
+      multiples of ``block`` from ``x[0]``.
     first_index: global index of ``x[0]``.
     num_items: total number of real items.
+    x_sqnorm, x_sum: (C,) item statistics from :func:`item_stats` (already checked), or None to
+      compute (and check) what ``metric`` needs here.
 
   Returns:
     distances (Q, C) (+inf on padding), global indices (C,) int32 (NO_INDEX on padding),
     per-row refusal codes (C,) int32.
   """
-  size, dim = x.shape
-  one = functools.partial(_one_block, q, q_sqnorm, q_sum, ref_mask, metric=metric,
-                          num_refs=num_refs, fusion=fusion)
-  full, tail = divmod(size, block)
-  parts_d, parts_c = [], []
-  if full:
-    # Slices of x inside the loop: the blocks are read in place, never copied out first.
-    d, codes = lax.map(lambda i: one(lax.dynamic_slice_in_dim(x, i * block, block)),
-                       jnp.arange(full))
-    parts_d.append(jnp.moveaxis(d, 0, 1).reshape(d.shape[1], -1))
-    parts_c.append(codes.reshape(-1))
-  if tail:
-    xb = jnp.zeros((block, dim), x.dtype).at[:tail].set(x[full * block:])
-    d, codes = one(xb)
-    parts_d.append(d[:, :tail])
-    parts_c.append(codes[:tail])
-  d = jnp.concatenate(parts_d, axis=1) if len(parts_d) > 1 else parts_d[0]
-  codes = jnp.concatenate(parts_c) if len(parts_c) > 1 else parts_c[0]
+  size = x.shape[0]
+  if metric == 'manhattan':
+    if q.shape[0] == 1:
+      # One query: a tree sum over the whole chunk, on every core (a reduction would run in
+      # the block loop, on one). Several: the blocked reduction, which keeps queries in cache.
+      d = _tree_sum(jnp.abs(x - q))[None, :]
+    else:
+      d = _blocked(lambda xb: _manhattan(q, xb), x, block)
+    d = fuse(_clamp(d), num_refs, ref_mask, fusion)
+    # A NaN or Inf feature makes every distance of its row non-finite: the first query's
+    # distances are the finiteness check, with no second pass over the items for statistics.
+    codes = jnp.where(jnp.isfinite(d[0]), OK, NON_FINITE).astype(jnp.int32)
+  else:
+    if x_sqnorm is None:
+      if metric == 'modified':
+        gram, x_sqnorm, x_sum = _blocked(lambda xb: (_product(q, xb), _sqnorm(xb), _sum(xb)),
+                                         x, block)
+      else:
+        gram, x_sqnorm = _blocked(lambda xb: (_product(q, xb), _sqnorm(xb)), x, block)
+      codes = row_codes(x_sqnorm, x_sum, metric)
+    else:
+      gram = _blocked(lambda xb: _product(q, xb), x, block)
+      codes = jnp.full((size,), OK, jnp.int32)
+    d = block_distances(q, q_sqnorm, q_sum, gram, x_sqnorm, x_sum, metric)
+    d = fuse(d, num_refs, ref_mask, fusion)
   index = first_index + jnp.arange(size, dtype=jnp.int32)
   valid = index < num_items
   d = jnp.where(valid[None, :], d, jnp.inf)
