@@ -23,6 +23,8 @@ from fwjax import _distance_kernels as K
 
 _AXIS = 'items'
 _CHUNK_BYTES = 64 << 20  # default chunk: ~64 MiB of float32 items
+_ALIGN = 64  # bytes: JAX's CPU client adopts host buffers aligned like this without a copy
+_HUGE_PAGE = 2 << 20
 
 
 class ItemSource:
@@ -54,22 +56,34 @@ class ItemSource:
       self._file = items.filename
       self._file_offset = map_offset + (items.ctypes.data - self._map_start)
 
-  def read(self, start: int, stop: int, rows: int):
-    """Rows [start, stop) as float32, zero-padded to ``rows`` rows (host or device array)."""
+  def read(self, start: int, stop: int, rows: int, out: np.ndarray | None = None):
+    """Rows [start, stop) as float32, padded to ``rows`` rows (host or device array).
+
+    A whole chunk of an in-memory float32 array that starts on a 64-byte boundary is returned
+    as a view (the device adopts it without a copy); anything else is copied into ``out`` (a
+    (rows, D) buffer from :func:`aligned_empty`, reused by the caller) or a new buffer. Padding
+    rows are left as the buffer had them (zeros when new, an earlier chunk's rows when reused):
+    the kernels mask them, and a row's result never depends on another row's values, so
+    filling them would only cost time (page faults for a fresh buffer).
+    """
     if isinstance(self.items, jax.Array):
       part = self.items if (start, stop) == (0, self.num) else self.items[start:stop]
       part = part.astype(jnp.float32)  # no copy when already float32
       if rows == part.shape[0]:
         return part
       return jnp.pad(part, ((0, rows - part.shape[0]), (0, 0)))
-    out = aligned_empty((rows, self.dim))
+    if self._map_start is None and stop - start == rows:
+      part = self.items[start:stop]
+      if (part.dtype == np.float32 and part.flags.c_contiguous
+          and part.ctypes.data % _ALIGN == 0):
+        return part
+    if out is None:
+      out = aligned_empty((rows, self.dim))
     if self._file is not None:
       self._pread(out[:stop - start], self._file_offset + 4 * self.dim * start)
-      out[stop - start:] = 0
       return out
     part = self.items[start:stop]
     out[:stop - start] = part  # the copy that takes the pages out of the memory map
-    out[stop - start:] = 0
     self._release(part)
     return out
 
@@ -107,12 +121,19 @@ def aligned_empty(shape: tuple[int, int]) -> np.ndarray:
   """An uninitialised float32 host array on a 64-byte boundary.
 
   JAX's CPU client adopts such a buffer without copying it (device_put is then nearly free);
-  numpy's own allocations are only 16-byte aligned and cost a slow copy per chunk. The buffer
-  is never written again once handed to the device.
+  numpy's own allocations are only 16-byte aligned and cost a slow copy per chunk. A buffer
+  handed to the device is written again only once the computation that read it has finished
+  (see :func:`stream`). Large buffers are anonymous memory maps (page-aligned) that ask for
+  transparent huge pages: first-touch page faults otherwise dominate filling a fresh buffer.
   """
   nbytes = 4 * shape[0] * shape[1]
-  raw = np.empty(nbytes + 64, np.uint8)
-  offset = -raw.ctypes.data % 64
+  if nbytes >= _HUGE_PAGE:
+    buffer = mmap.mmap(-1, nbytes)
+    if hasattr(mmap, 'MADV_HUGEPAGE'):
+      buffer.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(buffer, np.float32).reshape(shape)
+  raw = np.empty(nbytes + _ALIGN, np.uint8)
+  offset = -raw.ctypes.data % _ALIGN
   return raw[offset:offset + nbytes].view(np.float32).reshape(shape)
 
 
@@ -143,13 +164,14 @@ def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
 
 
 @functools.lru_cache(maxsize=64)
-def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k: int):
+def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k: int,
+          with_stats: bool):
   """Jitted per-chunk step: sharded distances, then a local top-k and a global merge."""
-  replicated = P()
+  replicated, by_item = P(), P(_AXIS)
 
-  def per_shard(q, qn, qs, ref_mask, x, first_index, num_items):
+  def per_shard(q, qn, qs, ref_mask, x, first_index, num_items, *stats):
     local_first = first_index + lax.axis_index(_AXIS) * x.shape[0]
-    d, index, codes = K.chunk_distances(q, qn, qs, ref_mask, x, local_first, num_items,
+    d, index, codes = K.chunk_distances(q, qn, qs, ref_mask, x, local_first, num_items, *stats,
                                         metric=metric, block=block, num_refs=num_refs,
                                         fusion=fusion)
     bad = jnp.where(codes != K.OK, index, K.NO_INDEX)
@@ -163,11 +185,12 @@ def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k
 
   sharded = jax.shard_map(
       per_shard, mesh=the_mesh,
-      in_specs=(replicated,) * 4 + (P(_AXIS, None), replicated, replicated),
+      in_specs=((replicated,) * 4 + (P(_AXIS, None), replicated, replicated)
+                + (by_item,) * (2 if with_stats else 0)),
       out_specs=(P(None, _AXIS), P(None, _AXIS), P(_AXIS, None)))
 
-  def step(best_d, best_i, q, qn, qs, ref_mask, x, first_index, num_items):
-    d, index, first_bad = sharded(q, qn, qs, ref_mask, x, first_index, num_items)
+  def step(best_d, best_i, q, qn, qs, ref_mask, x, first_index, num_items, *stats):
+    d, index, first_bad = sharded(q, qn, qs, ref_mask, x, first_index, num_items, *stats)
     if k:
       d, index = K.merge_topk(best_d, best_i, d, index, k)
     return d, index, first_bad
@@ -177,30 +200,45 @@ def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k
 
 def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_refs: int,
            k: int, chunk_size: int | None, block: int | None,
-           on_bad_row: Callable[[int, int], None], out: np.ndarray | None = None):
+           on_bad_row: Callable[[int, int], None], out: np.ndarray | None = None,
+           stats: tuple[np.ndarray, np.ndarray] | None = None):
   """Runs the chunked computation; returns the (Q, k) top-k on the host, or fills ``out``.
 
   Args:
     queries: (q, sqnorm, sum, ref_mask) host arrays, already validated.
     k: top-k size, or 0 to write every distance into ``out`` (Q, N) float32.
     on_bad_row: called with (global row index, refusal code) of the first bad item row; raises.
+    stats: (N,) squared norms and sums of the items (a checked Collection), or None.
   """
   the_mesh = mesh()
   num_devices = the_mesh.devices.size
   block = block_size(source.num, block)
   rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num)
-  step = _step(the_mesh, metric, block, num_refs, fusion, k)
+  step = _step(the_mesh, metric, block, num_refs, fusion, k, stats is not None)
   replicated = NamedSharding(the_mesh, P())
   by_item = NamedSharding(the_mesh, P(_AXIS, None))
+  by_item_1d = NamedSharding(the_mesh, P(_AXIS))
   q = [jax.device_put(np.asarray(a), replicated) for a in queries]
   num_queries = q[3].shape[0]
   best_d = jax.device_put(np.full((num_queries, k), np.inf, np.float32), replicated)
   best_i = jax.device_put(np.full((num_queries, k), K.NO_INDEX, np.int32), replicated)
   num_items = jnp.int32(source.num)
   starts = list(range(0, source.num, rows))
+  # Host buffers for chunks that must be copied, reused in turn. Chunk n is loaded into
+  # buffers[n % 3] while chunk n-1 computes; by then the host has waited for chunk n-2's
+  # results (check below), so nothing still reads that buffer.
+  buffers = [None] * 3
 
-  def load(start):
-    return jax.device_put(source.read(start, min(start + rows, source.num), rows), by_item)
+  def load(n):
+    start = starts[n]
+    stop = min(start + rows, source.num)
+    if buffers[n % 3] is None and not isinstance(source.items, jax.Array):
+      buffers[n % 3] = aligned_empty((rows, source.dim))
+    x = jax.device_put(source.read(start, stop, rows, out=buffers[n % 3]), by_item)
+    if stats is None:
+      return x, ()
+    return x, tuple(jax.device_put(np.pad(s[start:stop], (0, rows - (stop - start))), by_item_1d)
+                    for s in stats)
 
   def check(pending):
     start, first_bad, d = pending
@@ -214,16 +252,16 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   # One worker prepares chunk i+1 (read, convert, transfer) while the devices compute chunk i;
   # the host checks chunk i-1's bad rows one step behind, so it never waits on the device early.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-    future = pool.submit(load, starts[0])
+    future = pool.submit(load, 0)
     pending = None
     for n, start in enumerate(starts):
-      x = future.result()
+      x, chunk_stats = future.result()
       if n + 1 < len(starts):
-        future = pool.submit(load, starts[n + 1])
-      d, i, first_bad = step(best_d, best_i, *q, x, jnp.int32(start), num_items)
+        future = pool.submit(load, n + 1)
+      d, i, first_bad = step(best_d, best_i, *q, x, jnp.int32(start), num_items, *chunk_stats)
       if k:
         best_d, best_i = d, i
-      del x
+      del x, chunk_stats
       if pending is not None:
         check(pending)
       pending = (start, first_bad, None if k else d)
