@@ -37,6 +37,10 @@ Input rules (checked where the data enters, never a silent NaN in a ranking); ea
   are zero (two constant vectors) ``t3`` is 0/0 and is defined as 0.
 * unknown metric or fusion names, ``k < 1`` or ``k > N``.
 
+Many queries against one collection: wrap the items in a :class:`Collection` once. It computes
+and checks the per-item statistics a single time, so each later call reads the items once for a
+matrix product and nothing more; results are bit for bit those of the bare items.
+
 Several references per query: pass queries of shape (Q, R, D), fused by ``fusion``:
 
 * ``'sum'`` (default): the sum of the R distances, the thesis's method (de Bie 2020), so results
@@ -144,12 +148,98 @@ def _where(qr, num_refs: int, fusion: str = 'sum') -> str:
 
 
 def _source(items) -> _ranking.ItemSource:
+  if isinstance(items, Collection):
+    return items.source
   if isinstance(items, _ranking.ItemSource):
     return items
   source = _ranking.ItemSource(items)
   if source.num == 0 or source.dim == 0:
     raise ValueError(f'items: empty, shape {(source.num, source.dim)}')
   return source
+
+
+class Collection:
+  """Items prepared once for many queries: their row statistics computed and checked.
+
+  Ranking every crime-scene mark against the same reference collection reads the whole
+  collection once per query batch. Euclidean, cosine and modified need each item's squared norm
+  (and modified its sum); a ``Collection`` computes them once, and checks every row for NaN and
+  Inf, so a query costs one matrix product over the items and nothing else (for one query, a
+  multi-threaded matrix-vector product). It plays the part of a built faiss index, and like one
+  it keeps its own copy of an in-memory array: float32 on a 64-byte boundary, which JAX's CPU
+  client adopts without a copy per chunk. A memory map or .npy path stays on disk and is
+  streamed; a jax array stays where it is.
+
+  Every function here that takes items takes a ``Collection``, with results bit for bit those
+  of the bare items (the statistics are computed by the same blocked kernel).
+
+  Args:
+    items: (N, D) numpy array, jax array, ``np.memmap`` or .npy path.
+    chunk_size: items per chunk while computing the statistics (default ~64 MiB).
+    block: item rows per kernel block (default: a function of N); queries must use the same.
+    copy: keep an aligned float32 copy of an in-memory numpy array (default True); False
+      reads the caller's array (no extra memory, but a copy per chunk unless it is float32 on
+      a 64-byte boundary, and changes to it show in later results).
+
+  Attributes:
+    source: where the items are read from.
+    block: the kernel block the statistics were computed with.
+    sqnorm, sums: (N,) float32 squared norms and sums of the rows.
+
+  Raises:
+    ValueError: empty or malformed items; a row with a NaN or Inf feature (named by index).
+
+  Example:
+    >>> refs = Collection(np.random.default_rng(0).random((1000, 64), dtype=np.float32))
+    >>> topk(np.ones((2, 64)), refs, 5, 'cosine')[1].shape
+    (2, 5)
+  """
+
+  def __init__(self, items: ArrayLike | str | os.PathLike, *, chunk_size: int | None = None,
+               block: int | None = None, copy: bool = True):
+    source = _source(items)
+    if copy and isinstance(source.items, np.ndarray) and not isinstance(source.items, np.memmap):
+      aligned = _ranking.aligned_empty((source.num, source.dim))
+      aligned[:] = source.items
+      source = _ranking.ItemSource(aligned)
+    self.source = source
+    self.block = _ranking.block_size(source.num, block)
+    rows = _ranking.chunk_rows(chunk_size, source.dim, self.block, 1, source.num)
+    self.sqnorm = np.empty(source.num, np.float32)
+    self.sums = np.empty(source.num, np.float32)
+    buffer = (None if isinstance(source.items, jax.Array)
+              else _ranking.aligned_empty((rows, source.dim)))
+    for start in range(0, source.num, rows):
+      stop = min(start + rows, source.num)
+      # Each chunk's results are copied out before the next read, so one buffer serves all.
+      x = jax.device_put(source.read(start, stop, rows, out=buffer))
+      sqnorm, sums = K.item_stats(x, self.block)
+      self.sqnorm[start:stop] = np.asarray(sqnorm)[:stop - start]
+      self.sums[start:stop] = np.asarray(sums)[:stop - start]
+    self._check('euclidean')
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.source.num, self.source.dim
+
+  def __len__(self) -> int:
+    return self.source.num
+
+  def __repr__(self) -> str:
+    return f'Collection(N={self.source.num}, D={self.source.dim}, block={self.block})'
+
+  def _check(self, metric: str) -> None:
+    """Raises for the first item row ``metric`` cannot use (from the stored statistics)."""
+    codes = np.asarray(K.row_codes(jnp.asarray(self.sqnorm), jnp.asarray(self.sums), metric))
+    bad = np.flatnonzero(codes != K.OK)
+    if bad.size:
+      _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
+
+  def _prepared_for(self, metric: str, block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    if block is not None and block != self.block:
+      raise ValueError(f'block: the Collection was prepared with block={self.block}, got {block}')
+    self._check(metric)
+    return self.sqnorm, self.sums
 
 
 def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
@@ -159,7 +249,8 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   Args:
     queries: (Q, D) array.
     items: (N, D) array (numpy, jax or a memory map; it is read whole onto the default device;
-      use :func:`topk` or :func:`rank` for collections larger than memory).
+      use :func:`topk` or :func:`rank` for collections larger than memory), or a
+      :class:`Collection` of one.
     metric: one of ``METRICS``.
     block: item rows per kernel block (default: a function of N); exposed for tests.
 
@@ -179,15 +270,20 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
                      'use topk/rank for several references per query')
   source = _source(items)
   (rows, sqnorm, total, mask), _ = _prepare_queries(queries, None, metric, 'sum', source.dim)
+  stats = ()
+  if isinstance(items, Collection):
+    stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
+    block = items.block
   block = _ranking.block_size(source.num, block)
   x = source.read(0, source.num, source.num)
   d, _, codes = K.chunk_distances(rows, sqnorm, total, mask, x, jnp.int32(0),
-                                  jnp.int32(source.num), metric=metric, block=block, num_refs=1,
-                                  fusion='sum')
-  codes = np.asarray(codes)
-  bad = np.flatnonzero(codes != K.OK)
-  if bad.size:
-    _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
+                                  jnp.int32(source.num), *stats, metric=metric, block=block,
+                                  num_refs=1, fusion='sum')
+  if not stats:
+    codes = np.asarray(codes)
+    bad = np.flatnonzero(codes != K.OK)
+    if bad.size:
+      _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
   return d
 
 
@@ -197,6 +293,11 @@ def _run(queries, items, metric, fusion, reference_mask, k, chunk_size, block, o
   prepared, num_refs = _prepare_queries(queries, reference_mask, metric, fusion, source.dim)
   if k is not None:
     _check_k(k, source.num)
+  stats = None
+  if isinstance(items, Collection) and metric != 'manhattan':
+    stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
+  if isinstance(items, Collection):
+    block = items.block
 
   def on_bad_row(row, code):
     _raise_bad_row('items', str(row), code, metric)
@@ -204,7 +305,7 @@ def _run(queries, items, metric, fusion, reference_mask, k, chunk_size, block, o
   out = np.empty((prepared[3].shape[0], source.num), np.float32) if out_full else None
   result = _ranking.stream(source, prepared, metric=metric, fusion=fusion, num_refs=num_refs,
                            k=k or 0, chunk_size=chunk_size, block=block, on_bad_row=on_bad_row,
-                           out=out)
+                           out=out, stats=stats)
   return source, num_refs, result, out
 
 
@@ -216,8 +317,8 @@ def topk(queries: ArrayLike, items: ArrayLike | str | os.PathLike, k: int,
 
   Args:
     queries: (Q, D), or (Q, R, D) for R references per query (fused by ``fusion``).
-    items: (N, D) numpy array, jax array, ``np.memmap``, or the path of a .npy file (memory-mapped;
-      resident memory stays bounded).
+    items: (N, D) numpy array, jax array, ``np.memmap``, the path of a .npy file (memory-mapped;
+      resident memory stays bounded), or a :class:`Collection` (faster for repeated queries).
     k: how many, 1 <= k <= N.
     metric: one of ``METRICS``.
     fusion: one of ``FUSIONS`` (module docstring); ignored when R = 1.
@@ -238,10 +339,12 @@ def topk(queries: ArrayLike, items: ArrayLike | str | os.PathLike, k: int,
     ValueError: see the module docstring; an item row is named by its global index.
   """
   if rescore:
+    if not isinstance(items, Collection):
+      items = _source(items)  # opened once for both passes
     source = _source(items)
     _check_k(k, source.num)
     pool = min(_ranking_pool(k, rescore_pool), source.num)
-    source, _, (_, index), _ = _run(queries, source, metric, fusion, reference_mask, pool,
+    source, _, (_, index), _ = _run(queries, items, metric, fusion, reference_mask, pool,
                                     chunk_size, block, False)
     return _rescore(queries, reference_mask, source, index, metric, fusion, k)
   _, _, (dist, index), _ = _run(queries, items, metric, fusion, reference_mask, k, chunk_size,

@@ -244,3 +244,80 @@ def test_k_equal_to_n_is_the_full_ranking():
   dist_r, index_r = distances.rank(q, x, 'cosine', chunk_size=16)
   np.testing.assert_array_equal(index_k, index_r)
   np.testing.assert_array_equal(dist_k, dist_r)
+
+
+@pytest.mark.parametrize('metric', distances.METRICS)
+def test_single_query_chunked_equals_unchunked_bit_for_bit(metric):
+  # One query takes other kernels (a matrix-vector product; a tree sum for manhattan), and
+  # D = 24 is a width where XLA:CPU's row reductions round differently with the row count.
+  rng = np.random.default_rng(8)
+  q = rng.random((1, 24), dtype=np.float32) + 0.01
+  x = rng.random((203, 24), dtype=np.float32) + 0.01
+  x[150] = x[7]
+  full = np.asarray(distances.pairwise(q, x, metric, block=16))
+  order = numpy_order(full)
+  for chunk in (16, 100, 4096):
+    dist, index = distances.topk(q, x, 12, metric, chunk_size=chunk, block=16)
+    np.testing.assert_array_equal(index, order[:, :12])
+    np.testing.assert_array_equal(dist, np.take_along_axis(full, order[:, :12], 1))
+  dist, index = distances.rank(q, x, metric, chunk_size=16, block=16)
+  np.testing.assert_array_equal(dist, np.take_along_axis(full, order, 1))
+
+
+@pytest.mark.parametrize('metric', distances.METRICS)
+@pytest.mark.parametrize('num_queries', [1, 3])
+def test_collection_equals_bare_items_bit_for_bit(metric, num_queries, tmp_path):
+  rng = np.random.default_rng(9)
+  q = rng.random((num_queries, 24), dtype=np.float32) + 0.01
+  x = rng.random((203, 24), dtype=np.float32) + 0.01
+  x[40] = x[7]
+  want_pairwise = np.asarray(distances.pairwise(q, x, metric, block=16))
+  want_topk = distances.topk(q, x, 12, metric, chunk_size=16, block=16)
+  want_rank = distances.rank(q, x, metric, chunk_size=100, block=16)
+  path = tmp_path / 'items.npy'
+  np.save(path, x)
+  for items in (x, path, jax.numpy.asarray(x)):
+    refs = distances.Collection(items, block=16, chunk_size=48)
+    np.testing.assert_array_equal(np.asarray(distances.pairwise(q, refs, metric)), want_pairwise)
+    for got, want in ((distances.topk(q, refs, 12, metric, chunk_size=16), want_topk),
+                      (distances.rank(q, refs, metric, chunk_size=100), want_rank)):
+      np.testing.assert_array_equal(got[0], want[0])
+      np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(
+      distances.topk(q, refs, 5, metric, rescore=True)[1],
+      distances.topk(q, x, 5, metric, rescore=True)[1])
+
+
+def test_collection_keeps_its_own_copy_and_its_statistics_are_right():
+  rng = np.random.default_rng(10)
+  x = rng.standard_normal((70, 9)).astype(np.float32)
+  refs = distances.Collection(x)
+  np.testing.assert_allclose(refs.sqnorm, np.square(x.astype(np.float64)).sum(1), rtol=1e-5)
+  np.testing.assert_allclose(refs.sums, x.astype(np.float64).sum(1), rtol=1e-4, atol=1e-5)
+  assert refs.shape == (70, 9) and len(refs) == 70
+  q = rng.standard_normal((2, 9)).astype(np.float32)
+  want = distances.topk(q, x, 4)
+  x[:] = 0.0  # the caller's array changes; the collection does not
+  got = distances.topk(q, refs, 4)
+  np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_collection_bad_rows_are_named_when_built_or_used(tmp_path):
+  x = np.ones((300, 8), np.float32)
+  x[:, 0] = np.arange(300)
+  x[211, 2] = np.inf
+  path = tmp_path / 'items.npy'
+  np.save(path, x)
+  with pytest.raises(ValueError, match='items row 211 has a NaN or Inf'):
+    distances.Collection(path, chunk_size=64)
+  x[211, 2] = 1.0
+  x[123] = 0.0  # fine for euclidean and manhattan, refused by cosine and modified
+  refs = distances.Collection(x, chunk_size=64)
+  assert distances.topk(np.ones((1, 8)), refs, 3, 'manhattan')[1].shape == (1, 3)
+  assert distances.pairwise(np.ones((1, 8)), refs, 'euclidean').shape == (1, 300)
+  with pytest.raises(ValueError, match='items row 123 is a zero vector'):
+    distances.topk(np.ones((1, 8)), refs, 3, 'cosine')
+  with pytest.raises(ValueError, match='items row 123 is a zero vector'):
+    distances.pairwise(np.ones((1, 8)), refs, 'modified')
+  with pytest.raises(ValueError, match='prepared with block=512, got 8'):
+    distances.rank(np.ones((1, 8)), refs, block=8)
