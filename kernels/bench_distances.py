@@ -6,9 +6,12 @@ r"""Distance benchmark: fwjax.distances against faiss-cpu, scipy cdist and sklea
 Items: N x 2048 float32 in [0, 1) (non-negative like ReLU features, so 'modified' is defined).
 For each number of queries Q and each metric:
 
-* ``fwjax.pairwise``: every (Q, N) distance, items already on the JAX device (like a built
-  faiss index); ``fwjax.topk``: the top ``--k`` streamed from the host numpy array in default
-  chunks (the user's path, host->device transfer included).
+* ``fwjax.pairwise``: every (Q, N) distance, items already on the JAX device;
+  ``fwjax.topk``: the top ``--k`` streamed from the host numpy array in default chunks (the
+  one-off path, host->device transfer and item statistics included).
+* the same two on a ``fwjax.distances.Collection`` of the host array, the counterpart of a built
+  faiss index (its own aligned copy, item statistics computed once); its build time is
+  reported next to faiss's index build.
 * faiss-cpu: ``IndexFlatL2`` / ``IndexFlatIP`` (normalised) / ``IndexFlat(METRIC_L1)``
   ``search`` (top k) and ``faiss.pairwise_distances`` (every distance); index build not timed.
 * ``scipy.spatial.distance.cdist`` and ``sklearn.metrics.pairwise_distances`` (every distance).
@@ -67,6 +70,10 @@ def run(num_items: int, dim: int, query_counts: list[int], k: int, repeats: int,
   rng = np.random.default_rng(0)
   items = rng.random((num_items, dim), dtype=np.float32)
   on_device = jax.device_put(items)
+  start = time.perf_counter()
+  collection = distances.Collection(items)
+  collection_build_s = time.perf_counter() - start
+  print(f'Collection build (once): {collection_build_s:.2f}s', flush=True)
   available = peers.available()
   rows = []
   for num_queries in query_counts:
@@ -80,10 +87,19 @@ def run(num_items: int, dim: int, query_counts: list[int], k: int, repeats: int,
              'flop_share': (2 * num_queries * num_items * dim / t / limits['matmul_flops_per_s']
                             if metric != 'manhattan' else None)}
       _, row['fwjax_topk_s'] = _timed(lambda: distances.topk(queries, items, k, metric), repeats)
+      _, row['fwjax_collection_pairwise_s'] = _timed(
+          lambda: distances.pairwise(queries, collection, metric), repeats)
+      _, row['fwjax_collection_topk_s'] = _timed(
+          lambda: distances.topk(queries, collection, k, metric), repeats)
       fw_d, fw_i = distances.topk(queries, items, k, metric)
+      same = distances.topk(queries, collection, k, metric)
+      row['collection_bit_identical'] = bool(np.array_equal(fw_d, same[0])
+                                             and np.array_equal(fw_i, same[1]))
       peer_rows = {}
       if metric in peers.FAISS_METRICS and available['faiss']:
+        start = time.perf_counter()
         index = peers.FaissFlat(items, metric)
+        row['faiss_build_s'] = time.perf_counter() - start
         _, t_search = _timed(lambda: index.search(queries, k), repeats)
         peer_rows['faiss_search'] = {'seconds': t_search, 'scaled_from': None}
         _, faiss_i = index.search(queries, k)
@@ -104,7 +120,7 @@ def run(num_items: int, dim: int, query_counts: list[int], k: int, repeats: int,
       row['peers'] = peer_rows
       rows.append(row)
       _print_row(row)
-  return {'limits': limits, 'rows': rows}
+  return {'limits': limits, 'collection_build_s': collection_build_s, 'rows': rows}
 
 
 def _print_row(row: dict) -> None:
@@ -112,27 +128,37 @@ def _print_row(row: dict) -> None:
   flops = f"{row['flop_share']:.0%}" if row['flop_share'] is not None else '  - '
   print(f"Q={row['Q']:<4d} {row['metric']:<12s} fwjax pairwise {fw:8.4f}s (first {row['fwjax_pairwise_first_call_s']:.2f}s)"
         f"  topk {fw_topk:8.4f}s  bw {row['bandwidth_share']:.0%} flop {flops}", flush=True)
+  print(f"    Collection: pairwise {row['fwjax_collection_pairwise_s']:8.4f}s  topk "
+        f"{row['fwjax_collection_topk_s']:8.4f}s  (same bits as bare items: "
+        f"{row['collection_bit_identical']})", flush=True)
   for name, peer in row['peers'].items():
-    base = fw_topk if name == 'faiss_search' else fw
+    what = 'topk' if name == 'faiss_search' else 'pairwise'
+    base, base_c = (fw_topk, row['fwjax_collection_topk_s']) if what == 'topk' else (
+        fw, row['fwjax_collection_pairwise_s'])
     scaled = f"  (timed on {peer['scaled_from']} items, scaled)" if peer['scaled_from'] else ''
-    print(f"    {name:<15s} {peer['seconds']:8.4f}s  {peer['seconds'] / base:6.2f}x "
-          f"vs fwjax {'topk' if name == 'faiss_search' else 'pairwise'}{scaled}", flush=True)
+    print(f"    {name:<15s} {peer['seconds']:8.4f}s  {peer['seconds'] / base:6.2f}x vs fwjax "
+          f"{what}, {peer['seconds'] / base_c:6.2f}x vs Collection {what}{scaled}", flush=True)
   if 'faiss_topk_agreement' in row:
     print(f"    top-{{k}} agreement with faiss: {row['faiss_topk_agreement']:.3f}", flush=True)
 
 
 def _summary(result: dict) -> None:
   by = {(r['Q'], r['metric']): r for r in result['rows']}
-  print('\nsummary (ratio > 1: fwjax faster)')
+  print('\nsummary (peer time / fwjax time; > 1: fwjax faster; bare items and a Collection)')
   for (q, metric), r in sorted(by.items()):
     if metric == 'modified' and (q, 'cosine') in by:
       cos = by[(q, 'cosine')]
-      print(f"Q={q:<4d} modified / cosine: pairwise {r['fwjax_pairwise_s'] / cos['fwjax_pairwise_s']:.2f}x,"
-            f" topk {r['fwjax_topk_s'] / cos['fwjax_topk_s']:.2f}x")
+      ratios = ', '.join(f"{label} {r[key] / cos[key]:.2f}x" for label, key in (
+          ('pairwise', 'fwjax_pairwise_s'), ('topk', 'fwjax_topk_s'),
+          ('Collection pairwise', 'fwjax_collection_pairwise_s'),
+          ('Collection topk', 'fwjax_collection_topk_s')))
+      print(f"Q={q:<4d} modified / cosine: {ratios}")
     for name in ('faiss_search', 'faiss_pairwise'):
       if name in r['peers']:
-        base = r['fwjax_topk_s'] if name == 'faiss_search' else r['fwjax_pairwise_s']
-        print(f"Q={q:<4d} {metric:<10s} {name:<15s} {r['peers'][name]['seconds'] / base:6.2f}x")
+        what = 'topk' if name == 'faiss_search' else 'pairwise'
+        peer = r['peers'][name]['seconds']
+        print(f"Q={q:<4d} {metric:<10s} {name:<15s} {peer / r[f'fwjax_{what}_s']:6.2f}x bare, "
+              f"{peer / r[f'fwjax_collection_{what}_s']:6.2f}x Collection")
 
 
 def main() -> None:
