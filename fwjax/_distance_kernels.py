@@ -148,11 +148,8 @@ def _blocked(fn, x: jax.Array, block: int):
 
 
 def _product(q: jax.Array, xb: jax.Array) -> jax.Array:
-  """(Q, B) ``q @ xb.T``: a matrix-vector product for one query; ``xb @ q.T`` (faster on
-  XLA:CPU) for several."""
-  if q.shape[0] == 1:
-    return jnp.matmul(q, xb.T, precision=_HIGHEST)
-  return jnp.matmul(xb, q.T, precision=_HIGHEST).T
+  """(Q, B) ``q @ xb.T`` (for one query a matrix-vector product)."""
+  return jnp.matmul(q, xb.T, precision=_HIGHEST)
 
 
 def _sqnorm(xb: jax.Array) -> jax.Array:

@@ -56,6 +56,16 @@ class ItemSource:
       self._file = items.filename
       self._file_offset = map_offset + (items.ctypes.data - self._map_start)
 
+  @property
+  def cheap_reads(self) -> bool:
+    """Whether reading a chunk costs next to nothing on the host: a jax array (sliced on the
+    device), or an in-memory float32 array whose chunks are 64-byte aligned views."""
+    if isinstance(self.items, jax.Array):
+      return True
+    return (self._map_start is None and self.items.dtype == np.float32
+            and self.items.flags.c_contiguous and self.items.ctypes.data % _ALIGN == 0
+            and (4 * self.dim) % _ALIGN == 0)
+
   def read(self, start: int, stop: int, rows: int, out: np.ndarray | None = None):
     """Rows [start, stop) as float32, padded to ``rows`` rows (host or device array).
 
@@ -249,15 +259,17 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
     if out is not None:
       out[:, start:start + rows] = np.asarray(d)[:, :min(rows, source.num - start)]
 
-  # One worker prepares chunk i+1 (read, convert, transfer) while the devices compute chunk i;
-  # the host checks chunk i-1's bad rows one step behind, so it never waits on the device early.
+  # Where reading costs host time (a copy, a file read), one worker prepares chunk i+1 while the
+  # devices compute chunk i; where it costs nothing, a worker thread would only add hand-offs.
+  # The host checks chunk i-1's bad rows one step behind, so it never waits on the device early.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-    future = pool.submit(load, 0)
+    submit = pool.submit if not source.cheap_reads else _done
+    future = submit(load, 0)
     pending = None
     for n, start in enumerate(starts):
       x, chunk_stats = future.result()
       if n + 1 < len(starts):
-        future = pool.submit(load, n + 1)
+        future = submit(load, n + 1)
       d, i, first_bad = step(best_d, best_i, *q, x, jnp.int32(start), num_items, *chunk_stats)
       if k:
         best_d, best_i = d, i
@@ -269,3 +281,10 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   if k:
     return np.asarray(best_d), np.asarray(best_i).astype(np.int64)
   return None
+
+
+def _done(fn, *args) -> concurrent.futures.Future:
+  """``fn(*args)`` run now, as a finished future."""
+  future = concurrent.futures.Future()
+  future.set_result(fn(*args))
+  return future

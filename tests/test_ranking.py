@@ -321,3 +321,24 @@ def test_collection_bad_rows_are_named_when_built_or_used(tmp_path):
     distances.pairwise(np.ones((1, 8)), refs, 'modified')
   with pytest.raises(ValueError, match='prepared with block=512, got 8'):
     distances.rank(np.ones((1, 8)), refs, block=8)
+
+
+@pytest.mark.parametrize('metric', ['cosine', 'manhattan'])
+def test_collection_zero_copy_chunks_equal_bare_items(metric):
+  # D = 64: every whole chunk of the Collection's aligned copy goes to the device as a view,
+  # read on the calling thread; a last, partial chunk is copied into a buffer.
+  rng = np.random.default_rng(11)
+  q = rng.random((2, 64), dtype=np.float32)
+  x = rng.random((1000, 64), dtype=np.float32)
+  refs = distances.Collection(x, block=64)
+  assert refs.source.cheap_reads
+  for chunk in (256, 600):  # 4 devices x 64-row blocks: 4 chunks, or 2 with a partial one
+    want = distances.topk(q, x, 15, metric, chunk_size=chunk, block=64)
+    got = distances.topk(q, refs, 15, metric, chunk_size=chunk)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+  want_d, want_i = distances.rank(q, x, metric, chunk_size=256, block=64)
+  got_d, got_i = distances.rank(q, refs, metric, chunk_size=256)
+  np.testing.assert_array_equal(got_i, want_i)
+  np.testing.assert_array_equal(got_d, want_d)
+  np.testing.assert_allclose(got_d, np.sort(cdist(q, x, SCIPY[metric]), 1), rtol=2e-5, atol=1e-5)
