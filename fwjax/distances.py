@@ -216,6 +216,7 @@ class Collection:
       sqnorm, sums = K.item_stats(x, self.block)
       self.sqnorm[start:stop] = np.asarray(sqnorm)[:stop - start]
       self.sums[start:stop] = np.asarray(sums)[:stop - start]
+    self._checked = set()
     self._check('euclidean')
 
   @property
@@ -230,10 +231,13 @@ class Collection:
 
   def _check(self, metric: str) -> None:
     """Raises for the first item row ``metric`` cannot use (from the stored statistics)."""
+    if metric in self._checked:
+      return
     codes = np.asarray(K.row_codes(jnp.asarray(self.sqnorm), jnp.asarray(self.sums), metric))
     bad = np.flatnonzero(codes != K.OK)
     if bad.size:
       _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
+    self._checked.add(metric)
 
   def _prepared_for(self, metric: str, block: int | None) -> tuple[np.ndarray, np.ndarray]:
     if block is not None and block != self.block:
