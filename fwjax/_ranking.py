@@ -211,7 +211,8 @@ def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k
 def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_refs: int,
            k: int, chunk_size: int | None, block: int | None,
            on_bad_row: Callable[[int, int], None], out: np.ndarray | None = None,
-           stats: tuple[np.ndarray, np.ndarray] | None = None):
+           stats: tuple[np.ndarray, np.ndarray] | None = None,
+           buffer_pool: dict[int, list] | None = None):
   """Runs the chunked computation; returns the (Q, k) top-k on the host, or fills ``out``.
 
   Args:
@@ -219,6 +220,8 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
     k: top-k size, or 0 to write every distance into ``out`` (Q, N) float32.
     on_bad_row: called with (global row index, refusal code) of the first bad item row; raises.
     stats: (N,) squared norms and sums of the items (a checked Collection), or None.
+    buffer_pool: chunk rows -> a ring of host buffers kept between calls (a Collection's, used
+      by one call at a time), so they are not page-faulted in afresh on every call.
   """
   the_mesh = mesh()
   num_devices = the_mesh.devices.size
@@ -236,8 +239,9 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   starts = list(range(0, source.num, rows))
   # Host buffers for chunks that must be copied, reused in turn. Chunk n is loaded into
   # buffers[n % 3] while chunk n-1 computes; by then the host has waited for chunk n-2's
-  # results (check below), so nothing still reads that buffer.
-  buffers = [None] * 3
+  # results (check below), so nothing still reads that buffer. A pooled ring was last used by
+  # a call that has returned, so by finished computations.
+  buffers = [None] * 3 if buffer_pool is None else buffer_pool.setdefault(rows, [None] * 3)
 
   def load(n):
     start = starts[n]

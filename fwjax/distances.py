@@ -57,7 +57,10 @@ Ragged reference sets: pad to the largest R and pass ``reference_mask`` (Q, R) b
 references are ignored (they need not be valid vectors).
 """
 
+import contextlib
+import functools
 import os
+import threading
 from typing import Any
 
 import jax
@@ -168,7 +171,9 @@ class Collection:
   multi-threaded matrix-vector product). It plays the part of a built faiss index, and like one
   it keeps its own copy of an in-memory array: float32 on a 64-byte boundary, which JAX's CPU
   client adopts without a copy per chunk. A memory map or .npy path stays on disk and is
-  streamed; a jax array stays where it is.
+  streamed; a jax array stays where it is. Between calls it keeps the host buffers chunks are
+  copied into (three of ``chunk_size`` rows, 64 MiB each by default; for an in-memory array
+  only the last, partial chunk needs one), so they are not page-faulted in again each call.
 
   Every function here that takes items takes a ``Collection``, with results bit for bit those
   of the bare items (the statistics are computed by the same blocked kernel).
@@ -218,6 +223,9 @@ class Collection:
       self.sums[start:stop] = np.asarray(sums)[:stop - start]
     self._checked = set()
     self._check('euclidean')
+    # Chunk buffers kept between calls (see _ranking.stream); one call uses them at a time.
+    self._buffer_pool = {}
+    self._buffer_lock = threading.Lock()
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -238,6 +246,17 @@ class Collection:
     if bad.size:
       _raise_bad_row('items', str(bad[0]), int(codes[bad[0]]), metric)
     self._checked.add(metric)
+
+  @contextlib.contextmanager
+  def _lend_buffers(self):
+    """The kept chunk buffers for one call at a time; None (new buffers) for a concurrent one."""
+    if not self._buffer_lock.acquire(blocking=False):
+      yield None
+      return
+    try:
+      yield self._buffer_pool
+    finally:
+      self._buffer_lock.release()
 
   def _prepared_for(self, metric: str, block: int | None) -> tuple[np.ndarray, np.ndarray]:
     if block is not None and block != self.block:
@@ -307,9 +326,14 @@ def _run(queries, items, metric, fusion, reference_mask, k, chunk_size, block, o
     _raise_bad_row('items', str(row), code, metric)
 
   out = np.empty((prepared[3].shape[0], source.num), np.float32) if out_full else None
-  result = _ranking.stream(source, prepared, metric=metric, fusion=fusion, num_refs=num_refs,
-                           k=k or 0, chunk_size=chunk_size, block=block, on_bad_row=on_bad_row,
-                           out=out, stats=stats)
+  run = functools.partial(_ranking.stream, source, prepared, metric=metric, fusion=fusion,
+                          num_refs=num_refs, k=k or 0, chunk_size=chunk_size, block=block,
+                          on_bad_row=on_bad_row, out=out, stats=stats)
+  if isinstance(items, Collection):
+    with items._lend_buffers() as pool:  # pylint: disable=protected-access
+      result = run(buffer_pool=pool)
+  else:
+    result = run()
   return source, num_refs, result, out
 
 

@@ -1,6 +1,7 @@
 """fwjax.distances.topk / rank: exact orders with ties against numpy, chunked == unchunked
 (bit for bit), sharded == one device, memory-mapped input, fusion, re-scoring, bad rows."""
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -342,3 +343,26 @@ def test_collection_zero_copy_chunks_equal_bare_items(metric):
   np.testing.assert_array_equal(got_i, want_i)
   np.testing.assert_array_equal(got_d, want_d)
   np.testing.assert_allclose(got_d, np.sort(cdist(q, x, SCIPY[metric]), 1), rtol=2e-5, atol=1e-5)
+
+
+def test_collection_buffers_kept_between_calls_and_shared_by_threads(tmp_path):
+  # A memory-mapped Collection copies every chunk into buffers it keeps between calls; calls
+  # after the first (and calls from two threads at once) must see only their own chunks.
+  rng = np.random.default_rng(12)
+  x = rng.random((700, 16), dtype=np.float32)
+  path = tmp_path / 'items.npy'
+  np.save(path, x)
+  refs = distances.Collection(path, block=16)
+  queries = [rng.random((2, 16), dtype=np.float32) for _ in range(6)]
+  want = [distances.topk(q, x, 9, 'euclidean', chunk_size=64, block=16) for q in queries]
+  for q, (want_d, want_i) in zip(queries, want):
+    got_d, got_i = distances.topk(q, refs, 9, 'euclidean', chunk_size=64)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_d, want_d)
+  assert list(refs._buffer_pool) == [64]  # pylint: disable=protected-access
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    got = list(pool.map(lambda q: distances.topk(q, refs, 9, 'euclidean', chunk_size=64),
+                        queries))
+  for (got_d, got_i), (want_d, want_i) in zip(got, want):
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_d, want_d)
