@@ -32,6 +32,12 @@ def numpy_order(d: np.ndarray) -> np.ndarray:
   return np.argsort(d, axis=1, kind='stable')
 
 
+def assert_same(got, want):
+  """(distances, indices) equal bit for bit."""
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_four_fake_devices():
   assert jax.local_device_count() == 4
 
@@ -282,8 +288,7 @@ def test_collection_equals_bare_items_bit_for_bit(metric, num_queries, tmp_path)
     np.testing.assert_array_equal(np.asarray(distances.pairwise(q, refs, metric)), want_pairwise)
     for got, want in ((distances.topk(q, refs, 12, metric, chunk_size=16), want_topk),
                       (distances.rank(q, refs, metric, chunk_size=100), want_rank)):
-      np.testing.assert_array_equal(got[0], want[0])
-      np.testing.assert_array_equal(got[1], want[1])
+      assert_same(got, want)
   np.testing.assert_array_equal(
       distances.topk(q, refs, 5, metric, rescore=True)[1],
       distances.topk(q, x, 5, metric, rescore=True)[1])
@@ -336,12 +341,10 @@ def test_collection_zero_copy_chunks_equal_bare_items(metric):
   for chunk in (256, 600):  # 4 devices x 64-row blocks: 4 chunks, or 2 with a partial one
     want = distances.topk(q, x, 15, metric, chunk_size=chunk, block=64)
     got = distances.topk(q, refs, 15, metric, chunk_size=chunk)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
+    assert_same(got, want)
   want_d, want_i = distances.rank(q, x, metric, chunk_size=256, block=64)
   got_d, got_i = distances.rank(q, refs, metric, chunk_size=256)
-  np.testing.assert_array_equal(got_i, want_i)
-  np.testing.assert_array_equal(got_d, want_d)
+  assert_same((got_d, got_i), (want_d, want_i))
   np.testing.assert_allclose(got_d, np.sort(cdist(q, x, SCIPY[metric]), 1), rtol=2e-5, atol=1e-5)
 
 
@@ -357,12 +360,10 @@ def test_collection_buffers_kept_between_calls_and_shared_by_threads(tmp_path):
   want = [distances.topk(q, x, 9, 'euclidean', chunk_size=64, block=16) for q in queries]
   for q, (want_d, want_i) in zip(queries, want):
     got_d, got_i = distances.topk(q, refs, 9, 'euclidean', chunk_size=64)
-    np.testing.assert_array_equal(got_i, want_i)
-    np.testing.assert_array_equal(got_d, want_d)
+    assert_same((got_d, got_i), (want_d, want_i))
   assert list(refs._buffer_pool) == [64]  # pylint: disable=protected-access
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     got = list(pool.map(lambda q: distances.topk(q, refs, 9, 'euclidean', chunk_size=64),
                         queries))
   for (got_d, got_i), (want_d, want_i) in zip(got, want):
-    np.testing.assert_array_equal(got_i, want_i)
-    np.testing.assert_array_equal(got_d, want_d)
+    assert_same((got_d, got_i), (want_d, want_i))
