@@ -317,10 +317,11 @@ def _run(queries, items, metric, fusion, reference_mask, k, chunk_size, block, o
   if k is not None:
     _check_k(k, source.num)
   stats = None
-  if isinstance(items, Collection) and metric != 'manhattan':
-    stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
   if isinstance(items, Collection):
+    stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
     block = items.block
+    if metric == 'manhattan':
+      stats = None  # manhattan needs no statistics: none are sent with the chunks
 
   def on_bad_row(row, code):
     _raise_bad_row('items', str(row), code, metric)

@@ -327,6 +327,8 @@ def test_collection_bad_rows_are_named_when_built_or_used(tmp_path):
     distances.pairwise(np.ones((1, 8)), refs, 'modified')
   with pytest.raises(ValueError, match='prepared with block=512, got 8'):
     distances.rank(np.ones((1, 8)), refs, block=8)
+  with pytest.raises(ValueError, match='prepared with block=512, got 8'):
+    distances.topk(np.ones((1, 8)), refs, 3, 'manhattan', block=8)
 
 
 @pytest.mark.parametrize('metric', ['cosine', 'manhattan'])
