@@ -10,12 +10,15 @@ for some row counts:
 * the product, the statistics and manhattan for several queries run on blocks of a fixed
   number of item rows (a function of N only) inside one loop; an item is always in the same
   block;
+* on the CPU, one query's product is one batched matrix product over those same blocks when
+  N is a whole number of blocks (:func:`whole_blocks`, :func:`_batched_product`);
 * manhattan for one query is a fixed tree of element-wise additions over the whole chunk;
 * the element-wise rest runs on the whole chunk at once.
 
 XLA:CPU runs a loop body on one core and the rest on all of them, so what can leave the loop
 does. Statistics may come precomputed (:class:`fwjax.distances.Collection`), which leaves one
-matrix product per block in the loop: for one query a multi-threaded matrix-vector product.
+matrix product per block: for one query, the batched product streams the items on every core
+at the machine's memory bandwidth.
 
 This module also holds the float64 numpy forms used for exact re-scoring.
 """
@@ -147,6 +150,37 @@ def _blocked(fn, x: jax.Array, block: int):
   return jax.tree.map(lambda *o: jnp.concatenate(o, axis=-1), *parts)
 
 
+def whole_blocks(num_items: int, block: int) -> bool:
+  """Whether one query's products take :func:`_batched_product` (else the block loop).
+
+  A function of N and the block only (never of the chunking), so every chunk of a collection
+  takes the same form: N must be a whole number of blocks (chunks and device shards are, and
+  so is the unchunked collection), the backend the CPU (the argument below is about XLA:CPU's
+  runtime), and the block at least 2 rows (XLA rewrites a 1-row product into a reduction).
+  """
+  return jax.default_backend() == 'cpu' and block >= 2 and num_items % block == 0
+
+
+def _batched_product(q_row: jax.Array, x: jax.Array, block: int) -> jax.Array:
+  """(1, C) ``q_row @ x.T`` for one query row, as one batched product over ``block``-row blocks.
+
+  XLA:CPU runs a batched dot as one matrix product per batch element, all of one shape and all
+  handed to its thread pool at once (its DotThunk). So an item's value depends only on the block
+  shape and its position in its block, as in the block loop, while every core streams items (a
+  loop body runs on one): about 15% faster than the loop for a large collection, at the
+  machine's memory bandwidth. ``C`` must be a multiple of ``block``: x is only reshaped, and a
+  slice or pad of it would be a copy of the chunk.
+  """
+  size, dim = x.shape
+  if size % block:
+    raise ValueError(f'_batched_product: {size} rows are not whole blocks of {block}')
+  num_blocks = size // block
+  out = lax.dot_general(jnp.broadcast_to(q_row, (num_blocks, dim)),
+                        x.reshape(num_blocks, block, dim), (((1,), (2,)), ((0,), (0,))),
+                        precision=_HIGHEST)
+  return out.reshape(1, size)
+
+
 def _product(q: jax.Array, xb: jax.Array) -> jax.Array:
   """(Q, B) ``q @ xb.T`` (for one query a matrix-vector product)."""
   return jnp.matmul(q, xb.T, precision=_HIGHEST)
@@ -169,9 +203,11 @@ def item_stats(x: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
   return _blocked(lambda xb: (_sqnorm(xb), _sum(xb)), x, block)
 
 
-@functools.partial(jax.jit, static_argnames=('metric', 'block', 'num_refs', 'fusion'))
+@functools.partial(jax.jit,
+                   static_argnames=('metric', 'block', 'num_refs', 'fusion', 'batched'))
 def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, x_sqnorm=None,
-                    x_sum=None, *, metric: str, block: int, num_refs: int, fusion: str):
+                    x_sum=None, *, metric: str, block: int, num_refs: int, fusion: str,
+                    batched: bool = False):
   """Fused distances of queries to a chunk of items, padding masked out.
 
   Args:
@@ -183,6 +219,8 @@ def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, x_s
     num_items: total number of real items.
     x_sqnorm, x_sum: (C,) item statistics from :func:`item_stats` (already checked), or None to
       compute (and check) what ``metric`` needs here.
+    batched: :func:`whole_blocks` of the collection (N, not C): one query row's product is then
+      :func:`_batched_product` (C is a multiple of ``block``), else it runs in the block loop.
 
   Returns:
     distances (Q, C) (+inf on padding), global indices (C,) int32 (NO_INDEX on padding),
@@ -201,16 +239,18 @@ def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, x_s
     # distances are the finiteness check, with no second pass over the items for statistics.
     codes = jnp.where(jnp.isfinite(d[0]), OK, NON_FINITE).astype(jnp.int32)
   else:
+    one_row = batched and q.shape[0] == 1  # its product leaves the loop
     if x_sqnorm is None:
-      if metric == 'modified':
-        gram, x_sqnorm, x_sum = _blocked(lambda xb: (_product(q, xb), _sqnorm(xb), _sum(xb)),
-                                         x, block)
-      else:
-        gram, x_sqnorm = _blocked(lambda xb: (_product(q, xb), _sqnorm(xb)), x, block)
+      def per_block(xb):
+        return (None if one_row else _product(q, xb), _sqnorm(xb),
+                _sum(xb) if metric == 'modified' else None)
+      gram, x_sqnorm, x_sum = _blocked(per_block, x, block)
       codes = row_codes(x_sqnorm, x_sum, metric)
     else:
-      gram = _blocked(lambda xb: _product(q, xb), x, block)
+      gram = None if one_row else _blocked(lambda xb: _product(q, xb), x, block)
       codes = jnp.full((size,), OK, jnp.int32)
+    if one_row:
+      gram = _batched_product(q[0], x, block)
     d = block_distances(q, q_sqnorm, q_sum, gram, x_sqnorm, x_sum, metric)
     d = fuse(d, num_refs, ref_mask, fusion)
   index = first_index + jnp.arange(size, dtype=jnp.int32)

@@ -22,7 +22,8 @@ import numpy as np
 from fwjax import _distance_kernels as K
 
 _AXIS = 'items'
-_CHUNK_BYTES = 64 << 20  # default chunk: ~64 MiB of float32 items
+_CHUNK_BYTES = 64 << 20  # default chunk: ~64 MiB of float32 items copied on the host
+_VIEW_CHUNK_BYTES = 256 << 20  # ~256 MiB when chunks are views (no host memory): fewer steps
 _ALIGN = 64  # bytes: JAX's CPU client adopts host buffers aligned like this without a copy
 _HUGE_PAGE = 2 << 20
 
@@ -30,7 +31,9 @@ _HUGE_PAGE = 2 << 20
 class ItemSource:
   """Chunked float32 access to a (N, D) collection; releases memory-map pages after use."""
 
-  def __init__(self, items, name: str = 'items'):
+  def __init__(self, items, name: str = 'items', padded: np.ndarray | None = None):
+    """``padded``: optionally, a buffer that begins with ``items`` and continues with spare
+    rows (a Collection's aligned copy), so that a last, partial chunk is read as a view too."""
     if isinstance(items, (str, os.PathLike)):
       try:
         items = np.load(items, mmap_mode='r')
@@ -44,6 +47,7 @@ class ItemSource:
       raise ValueError(f'{name}: expected real numbers, got dtype {items.dtype}')
     self.items = items
     self.num, self.dim = items.shape
+    self._padded = padded
     self._map = getattr(items, '_mmap', None)
     self._map_start = (np.frombuffer(self._map, np.uint8).ctypes.data
                        if isinstance(self._map, mmap.mmap) else None)
@@ -62,8 +66,7 @@ class ItemSource:
     device), or an in-memory float32 array whose chunks are 64-byte aligned views."""
     if isinstance(self.items, jax.Array):
       return True
-    return (self._map_start is None and _adoptable(self.items)
-            and (4 * self.dim) % _ALIGN == 0)
+    return self._map_start is None and _adoptable(self.items) and rows_align(self.dim)
 
   def read(self, start: int, stop: int, rows: int, out: np.ndarray | None = None):
     """Rows [start, stop) as float32, padded to ``rows`` rows (host or device array).
@@ -83,6 +86,9 @@ class ItemSource:
       return jnp.pad(part, ((0, rows - part.shape[0]), (0, 0)))
     if self._map_start is None and stop - start == rows and _adoptable(self.items[start:stop]):
       return self.items[start:stop]
+    if (self._padded is not None and start + rows <= len(self._padded)
+        and _adoptable(self._padded[start:start + rows])):
+      return self._padded[start:start + rows]
     if out is None:
       out = aligned_empty((rows, self.dim))
     if self._file is not None:
@@ -123,6 +129,12 @@ class ItemSource:
       self._map.madvise(mmap.MADV_DONTNEED, low, high - low)
 
 
+def rows_align(dim: int) -> bool:
+  """Whether every row of a 64-byte-aligned float32 (N, dim) array starts on a 64-byte boundary
+  (so all its chunks are views the device adopts)."""
+  return (4 * dim) % _ALIGN == 0
+
+
 def _adoptable(a: np.ndarray) -> bool:
   """Float32, C-contiguous and 64-byte aligned: JAX's CPU client takes it without a copy."""
   return a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0
@@ -154,20 +166,33 @@ def mesh() -> Mesh:
 
 
 def block_size(num_items: int, block: int | None) -> int:
-  """Item rows per kernel block: a function of N only, so chunking never changes the bits."""
+  """Item rows per kernel block: a function of N only, so chunking never changes the bits.
+
+  Up to 1,024 items, the next power of two; beyond, the largest divisor of N from 512 to 1,024
+  where there is one, so that N is a whole number of blocks and one query's product is a single
+  batched product (``_distance_kernels.whole_blocks``), else 1,024.
+  """
   if block is not None:
     if block < 1:
       raise ValueError(f'block: must be positive, got {block}')
     return block
-  return int(min(1024, 1 << max(0, (num_items - 1).bit_length())))
+  if num_items <= 1024:
+    return 1 << max(0, (num_items - 1).bit_length())
+  return next((b for b in range(1024, 511, -1) if num_items % b == 0), 1024)
 
 
 def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
-               num_items: int) -> int:
-  """Chunk length: a multiple of block * devices, no larger than needed for the collection."""
+               num_items: int, views: bool = False) -> int:
+  """Chunk length: a multiple of block * devices, no larger than needed for the collection.
+
+  The default is at most about ~64 MiB of items, or ~256 MiB when ``views`` (chunks are read
+  without a copy), with the items split evenly over the fewest such chunks: the last chunk's
+  padding, which is computed like real rows, is then at most ``block * devices`` rows per chunk.
+  """
   unit = block * num_devices
   if chunk_size is None:
-    chunk_size = max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
+    largest = max(1, (_VIEW_CHUNK_BYTES if views else _CHUNK_BYTES) // (4 * max(dim, 1)))
+    chunk_size = -(-num_items // -(-num_items // largest))
   if chunk_size < 1:
     raise ValueError(f'chunk_size: must be positive, got {chunk_size}')
   rows = -(-min(chunk_size, num_items) // unit) * unit
@@ -176,7 +201,7 @@ def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
 
 @functools.lru_cache(maxsize=64)
 def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k: int,
-          with_stats: bool):
+          with_stats: bool, batched: bool):
   """Jitted per-chunk step: sharded distances, then a local top-k and a global merge."""
   replicated, by_item = P(), P(_AXIS)
 
@@ -184,7 +209,7 @@ def _step(the_mesh: Mesh, metric: str, block: int, num_refs: int, fusion: str, k
     local_first = first_index + lax.axis_index(_AXIS) * x.shape[0]
     d, index, codes = K.chunk_distances(q, qn, qs, ref_mask, x, local_first, num_items, *stats,
                                         metric=metric, block=block, num_refs=num_refs,
-                                        fusion=fusion)
+                                        fusion=fusion, batched=batched)
     bad = jnp.where(codes != K.OK, index, K.NO_INDEX)
     where = jnp.argmin(bad)
     first_bad = jnp.stack([bad[where], codes[where]])[None]
@@ -227,8 +252,9 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   the_mesh = mesh()
   num_devices = the_mesh.devices.size
   block = block_size(source.num, block)
-  rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num)
-  step = _step(the_mesh, metric, block, num_refs, fusion, k, stats is not None)
+  rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num, source.cheap_reads)
+  step = _step(the_mesh, metric, block, num_refs, fusion, k, stats is not None,
+               K.whole_blocks(source.num, block))
   replicated = NamedSharding(the_mesh, P())
   by_item = NamedSharding(the_mesh, P(_AXIS, None))
   by_item_1d = NamedSharding(the_mesh, P(_AXIS))
@@ -238,6 +264,9 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   best_i = jax.device_put(np.full((num_queries, k), K.NO_INDEX, np.int32), replicated)
   num_items = jnp.int32(source.num)
   starts = list(range(0, source.num, rows))
+  if stats is not None:  # padded once, so each chunk's statistics are views
+    stats = [np.concatenate([s, np.zeros(len(starts) * rows - source.num, s.dtype)])
+             for s in stats]
   # Host buffers for chunks that must be copied, reused in turn. Chunk n is loaded into
   # buffers[n % 3] while chunk n-1 computes; by then the host has waited for chunk n-2's
   # results (check below), so nothing still reads that buffer. A pooled ring was last used by
@@ -252,8 +281,7 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
     x = jax.device_put(source.read(start, stop, rows, out=buffers[n % 3]), by_item)
     if stats is None:
       return x, ()
-    return x, tuple(jax.device_put(np.pad(s[start:stop], (0, rows - (stop - start))), by_item_1d)
-                    for s in stats)
+    return x, tuple(jax.device_put(s[start:start + rows], by_item_1d) for s in stats)
 
   def check(pending):
     start, first_bad, d = pending

@@ -167,13 +167,15 @@ class Collection:
   Ranking every crime-scene mark against the same reference collection reads the whole
   collection once per query batch. Euclidean, cosine and modified need each item's squared norm
   (and modified its sum); a ``Collection`` computes them once, and checks every row for NaN and
-  Inf, so a query costs one matrix product over the items and nothing else (for one query, a
-  multi-threaded matrix-vector product). It plays the part of a built faiss index, and like one
-  it keeps its own copy of an in-memory array: float32 on a 64-byte boundary, which JAX's CPU
-  client adopts without a copy per chunk. A memory map or .npy path stays on disk and is
-  streamed; a jax array stays where it is. Between calls it keeps the host buffers chunks are
-  copied into (three of ``chunk_size`` rows, 64 MiB each by default; for an in-memory array
-  only the last, partial chunk needs one), so they are not page-faulted in again each call.
+  Inf, so a query costs one matrix product over the items and nothing else (for one query on
+  the CPU, one batched matrix-vector product at the memory bandwidth). It plays the part of a
+  built faiss index, and like one it keeps its own copy of an in-memory array: float32 on a
+  64-byte boundary, which JAX's CPU client adopts without a copy, followed by zero rows up to a
+  whole number of default chunks (at most one chunk, ~256 MiB), so every chunk of a query with
+  the default ``chunk_size`` goes to the device as a view. A memory map or .npy path stays on
+  disk and is streamed; a jax array stays where it is. Between calls it keeps the host buffers
+  chunks are copied into (three of ``chunk_size`` rows, 64 MiB each by default), so they are not
+  page-faulted in again each call.
 
   Every function here that takes items takes a ``Collection``, with results bit for bit those
   of the bare items (the statistics are computed by the same blocked kernel).
@@ -203,12 +205,17 @@ class Collection:
   def __init__(self, items: ArrayLike | str | os.PathLike, *, chunk_size: int | None = None,
                block: int | None = None, copy: bool = True):
     source = _source(items)
-    if copy and isinstance(source.items, np.ndarray) and not isinstance(source.items, np.memmap):
-      aligned = _ranking.aligned_empty((source.num, source.dim))
-      aligned[:] = source.items
-      source = _ranking.ItemSource(aligned)
-    self.source = source
     self.block = _ranking.block_size(source.num, block)
+    if copy and isinstance(source.items, np.ndarray) and not isinstance(source.items, np.memmap):
+      # Zero rows after the items, up to a whole number of default query chunks: every chunk,
+      # the last one too, is then a view (at most one chunk, ~64 MiB, of extra memory).
+      rows = _ranking.chunk_rows(None, source.dim, self.block, jax.local_device_count(),
+                                 source.num, _ranking.rows_align(source.dim))
+      aligned = _ranking.aligned_empty((-(-source.num // rows) * rows, source.dim))
+      aligned[:source.num] = source.items
+      aligned[source.num:] = 0.0
+      source = _ranking.ItemSource(aligned[:source.num], padded=aligned)
+    self.source = source
     rows = _ranking.chunk_rows(chunk_size, source.dim, self.block, 1, source.num)
     self.sqnorm = np.empty(source.num, np.float32)
     self.sums = np.empty(source.num, np.float32)
@@ -301,7 +308,8 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   x = source.read(0, source.num, source.num)
   d, _, codes = K.chunk_distances(rows, sqnorm, total, mask, x, jnp.int32(0),
                                   jnp.int32(source.num), *stats, metric=metric, block=block,
-                                  num_refs=1, fusion='sum')
+                                  num_refs=1, fusion='sum',
+                                  batched=K.whole_blocks(source.num, block))
   if not stats:
     codes = np.asarray(codes)
     bad = np.flatnonzero(codes != K.OK)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from fwjax import _distance_kernels as K
+from fwjax import _ranking
 from fwjax import distances
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -254,12 +256,16 @@ def test_k_equal_to_n_is_the_full_ranking():
 
 
 @pytest.mark.parametrize('metric', distances.METRICS)
-def test_single_query_chunked_equals_unchunked_bit_for_bit(metric):
-  # One query takes other kernels (a matrix-vector product; a tree sum for manhattan), and
-  # D = 24 is a width where XLA:CPU's row reductions round differently with the row count.
+@pytest.mark.parametrize('num_items', [203, 208])
+def test_single_query_chunked_equals_unchunked_bit_for_bit(metric, num_items):
+  # One query takes other kernels: a tree sum for manhattan, and on the CPU for N = 208 (13
+  # whole blocks of 16) one batched product over the blocks, for N = 203 the block loop. D = 24
+  # is a width where XLA:CPU's row reductions and whole-array products round differently with
+  # the row count.
+  assert K.whole_blocks(num_items, 16) == (num_items == 208 and jax.default_backend() == 'cpu')
   rng = np.random.default_rng(8)
   q = rng.random((1, 24), dtype=np.float32) + 0.01
-  x = rng.random((203, 24), dtype=np.float32) + 0.01
+  x = rng.random((num_items, 24), dtype=np.float32) + 0.01
   x[150] = x[7]
   full = np.asarray(distances.pairwise(q, x, metric, block=16))
   order = numpy_order(full)
@@ -272,11 +278,11 @@ def test_single_query_chunked_equals_unchunked_bit_for_bit(metric):
 
 
 @pytest.mark.parametrize('metric', distances.METRICS)
-@pytest.mark.parametrize('num_queries', [1, 3])
-def test_collection_equals_bare_items_bit_for_bit(metric, num_queries, tmp_path):
+@pytest.mark.parametrize('num_queries,num_items', [(1, 203), (1, 208), (3, 203)])
+def test_collection_equals_bare_items_bit_for_bit(metric, num_queries, num_items, tmp_path):
   rng = np.random.default_rng(9)
   q = rng.random((num_queries, 24), dtype=np.float32) + 0.01
-  x = rng.random((203, 24), dtype=np.float32) + 0.01
+  x = rng.random((num_items, 24), dtype=np.float32) + 0.01
   x[40] = x[7]
   want_pairwise = np.asarray(distances.pairwise(q, x, metric, block=16))
   want_topk = distances.topk(q, x, 12, metric, chunk_size=16, block=16)
@@ -333,14 +339,19 @@ def test_collection_bad_rows_are_named_when_built_or_used(tmp_path):
 
 @pytest.mark.parametrize('metric', ['cosine', 'manhattan'])
 def test_collection_zero_copy_chunks_equal_bare_items(metric):
-  # D = 64: every whole chunk of the Collection's aligned copy goes to the device as a view,
-  # read on the calling thread; a last, partial chunk is copied into a buffer.
+  # D = 64: chunks of the Collection's aligned copy go to the device as views, read on the
+  # calling thread. The copy is followed by zero rows up to a whole number of default chunks
+  # (1,024 rows here), so a last, partial chunk that ends there is a view too; one that ends
+  # beyond is copied into a buffer.
   rng = np.random.default_rng(11)
   q = rng.random((2, 64), dtype=np.float32)
   x = rng.random((1000, 64), dtype=np.float32)
   refs = distances.Collection(x, block=64)
   assert refs.source.cheap_reads
-  for chunk in (256, 600):  # 4 devices x 64-row blocks: 4 chunks, or 2 with a partial one
+  last = refs.source.read(768, 1000, 256)
+  assert np.shares_memory(last, refs.source.items) and not last[232:].any()
+  assert not np.shares_memory(refs.source.read(768, 1000, 768), refs.source.items)
+  for chunk in (256, 600):  # 4 devices x 64-row blocks: 4 chunks, or 2 (the last copied)
     want = distances.topk(q, x, 15, metric, chunk_size=chunk, block=64)
     got = distances.topk(q, refs, 15, metric, chunk_size=chunk)
     assert_same(got, want)
@@ -369,3 +380,33 @@ def test_collection_buffers_kept_between_calls_and_shared_by_threads(tmp_path):
                         queries))
   for (got_d, got_i), (want_d, want_i) in zip(got, want):
     assert_same((got_d, got_i), (want_d, want_i))
+
+
+def test_block_size_makes_n_whole_blocks_where_it_can():
+  # A function of N only; beyond 1,024 items the largest divisor of N in [512, 1024], else 1,024.
+  assert _ranking.block_size(200_000, None) == 1000
+  assert _ranking.block_size(1_000_000, None) == 1000
+  assert _ranking.block_size(2 ** 20, None) == 1024
+  assert _ranking.block_size(1_000_003, None) == 1024  # a prime
+  assert _ranking.block_size(203, None) == 256 and _ranking.block_size(203, 16) == 16
+  for n in range(1025, 5000, 7):
+    block = _ranking.block_size(n, None)
+    divisors = [b for b in range(512, 1025) if n % b == 0]
+    assert block == (max(divisors) if divisors else 1024)
+
+
+@pytest.mark.parametrize('dim', [3, 8, 24, 100])
+def test_batched_product_depends_only_on_the_block(dim):
+  # The one-query product on the CPU: an item's bits may depend on its block's shape and its
+  # position in the block, never on how many blocks the chunk holds or where the chunk starts.
+  rng = np.random.default_rng(13)
+  x = (rng.standard_normal((40 * 8, dim)) * rng.random((40 * 8, 1)) * 10).astype(np.float32)
+  q = rng.standard_normal(dim).astype(np.float32)
+  product = jax.jit(K._batched_product, static_argnums=2)  # pylint: disable=protected-access
+  whole = np.asarray(product(q, x, 8))[0]
+  np.testing.assert_allclose(whole, x.astype(np.float64) @ q, rtol=1e-4, atol=1e-3)
+  for first, count in ((0, 1), (3, 2), (11, 3), (32, 7), (1, 39)):
+    part = np.asarray(product(q, x[8 * first:8 * (first + count)], 8))[0]
+    np.testing.assert_array_equal(part, whole[8 * first:8 * (first + count)])
+  with pytest.raises(ValueError, match='not whole blocks'):
+    product(q, x[:20], 8)
