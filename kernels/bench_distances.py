@@ -14,6 +14,8 @@ For each number of queries Q and each metric:
   reported next to faiss's index build.
 * faiss-cpu: ``IndexFlatL2`` / ``IndexFlatIP`` (normalised) / ``IndexFlat(METRIC_L1)``
   ``search`` (top k) and ``faiss.pairwise_distances`` (every distance); index build not timed.
+  These and the four fwjax calls are timed in turns, one call of each per round (median of the
+  rounds), so a slow spell on the shared machine falls on all of them alike.
 * ``scipy.spatial.distance.cdist`` and ``sklearn.metrics.pairwise_distances`` (every distance).
 
 A peer whose run at the full N is predicted (from a subset of ``--subset`` items) to exceed
@@ -44,13 +46,30 @@ def _timed(fn, repeats: int, budget_s: float = 60.0) -> tuple[float, float]:
   jax.block_until_ready(fn())
   first = time.perf_counter() - start
   times = []
-  for _ in range(repeats):
+  for _ in range(max(repeats, 1)):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
     if sum(times) + first > budget_s:  # a slow peer: one or two runs say enough
       break
   return first, statistics.median(times)
+
+
+def _timed_together(fns: dict, repeats: int, budget_s: float = 120.0) -> dict:
+  """name -> (first call seconds, median of up to ``repeats`` further calls), the calls taken in
+  turns (one of each per round), so that drift on a shared machine (other tenants, a peer's
+  threads still spinning) falls on every contender alike."""
+  first = {name: _timed(fn, 0)[0] for name, fn in fns.items()}
+  times = {name: [] for name in fns}
+  start = time.perf_counter()
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      tic = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - tic)
+    if time.perf_counter() - start > budget_s:
+      break
+  return {name: (first[name], statistics.median(times[name])) for name in fns}
 
 
 def _peer(make_fn, items: np.ndarray, subset: int, budget_s: float, repeats: int) -> dict:
@@ -79,36 +98,40 @@ def run(num_items: int, dim: int, query_counts: list[int], k: int, repeats: int,
   for num_queries in query_counts:
     queries = rng.random((num_queries, dim), dtype=np.float32)
     for metric in distances.METRICS:
-      compile_s, t = _timed(lambda: distances.pairwise(queries, on_device, metric), repeats)
+      contenders = {
+          'fwjax_pairwise': lambda: distances.pairwise(queries, on_device, metric),
+          'fwjax_topk': lambda: distances.topk(queries, items, k, metric),
+          'fwjax_collection_pairwise': lambda: distances.pairwise(queries, collection, metric),
+          'fwjax_collection_topk': lambda: distances.topk(queries, collection, k, metric)}
+      row = {'Q': num_queries, 'metric': metric}
+      index = None
+      if metric in peers.FAISS_METRICS and available['faiss']:
+        start = time.perf_counter()
+        index = peers.FaissFlat(items, metric)
+        row['faiss_build_s'] = time.perf_counter() - start
+        contenders['faiss_search'] = lambda: index.search(queries, k)
+        contenders['faiss_pairwise'] = lambda: index.pairwise(queries)
+      timed = _timed_together(contenders, repeats)
+      t = timed['fwjax_pairwise'][1]
       moved = 4 * num_items * dim + 4 * num_queries * num_items
-      row = {'Q': num_queries, 'metric': metric, 'fwjax_pairwise_s': t,
-             'fwjax_pairwise_first_call_s': compile_s,
-             'bandwidth_share': moved / t / limits['memory_bandwidth_bytes_per_s'],
-             'flop_share': (2 * num_queries * num_items * dim / t / limits['matmul_flops_per_s']
-                            if metric != 'manhattan' else None)}
-      _, row['fwjax_topk_s'] = _timed(lambda: distances.topk(queries, items, k, metric), repeats)
-      _, row['fwjax_collection_pairwise_s'] = _timed(
-          lambda: distances.pairwise(queries, collection, metric), repeats)
-      _, row['fwjax_collection_topk_s'] = _timed(
-          lambda: distances.topk(queries, collection, k, metric), repeats)
+      row.update({'fwjax_pairwise_s': t, 'fwjax_pairwise_first_call_s': timed['fwjax_pairwise'][0],
+                  'bandwidth_share': moved / t / limits['memory_bandwidth_bytes_per_s'],
+                  'flop_share': (2 * num_queries * num_items * dim / t
+                                 / limits['matmul_flops_per_s'] if metric != 'manhattan' else None)})
+      for name in ('fwjax_topk', 'fwjax_collection_pairwise', 'fwjax_collection_topk'):
+        row[f'{name}_s'] = timed[name][1]
       fw_d, fw_i = distances.topk(queries, items, k, metric)
       same = distances.topk(queries, collection, k, metric)
       row['collection_bit_identical'] = bool(np.array_equal(fw_d, same[0])
                                              and np.array_equal(fw_i, same[1]))
       peer_rows = {}
-      if metric in peers.FAISS_METRICS and available['faiss']:
-        start = time.perf_counter()
-        index = peers.FaissFlat(items, metric)
-        row['faiss_build_s'] = time.perf_counter() - start
-        _, t_search = _timed(lambda: index.search(queries, k), repeats)
-        peer_rows['faiss_search'] = {'seconds': t_search, 'scaled_from': None}
+      if index is not None:
+        for name in ('faiss_search', 'faiss_pairwise'):
+          peer_rows[name] = {'seconds': timed[name][1], 'scaled_from': None}
         _, faiss_i = index.search(queries, k)
         row['faiss_topk_agreement'] = float(np.mean([len(set(a) & set(b)) / k
                                                      for a, b in zip(fw_i, faiss_i)]))
-        peer_rows['faiss_pairwise'] = _peer(
-            lambda x: (lambda ix=peers.FaissFlat(x, metric): lambda: ix.pairwise(queries))(),
-            items, subset, budget_s, repeats)
-        del index
+        del index, contenders
       if metric in peers.SCIPY_METRICS and available['scipy']:
         peer_rows['scipy_cdist'] = _peer(
             lambda x: lambda: peers.scipy_distances(queries, x, metric), items, subset, budget_s,
