@@ -191,8 +191,9 @@ def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
   """
   unit = block * num_devices
   if chunk_size is None:
-    largest = max(1, (_VIEW_CHUNK_BYTES if views else _CHUNK_BYTES) // (4 * max(dim, 1)))
-    chunk_size = -(-num_items // -(-num_items // largest))
+    largest = (_VIEW_CHUNK_BYTES if views else _CHUNK_BYTES) // (4 * max(dim, 1))
+    count = -(-num_items // max(unit, largest - largest % unit))  # the fewest chunks
+    chunk_size = -(-num_items // count)
   if chunk_size < 1:
     raise ValueError(f'chunk_size: must be positive, got {chunk_size}')
   rows = -(-min(chunk_size, num_items) // unit) * unit
