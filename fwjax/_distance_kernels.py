@@ -155,8 +155,10 @@ def whole_blocks(num_items: int, block: int) -> bool:
 
   A function of N and the block only (never of the chunking), so every chunk of a collection
   takes the same form: N must be a whole number of blocks (chunks and device shards are, and
-  so is the unchunked collection), the backend the CPU (the argument below is about XLA:CPU's
-  runtime), and the block at least 2 rows (XLA rewrites a 1-row product into a reduction).
+  so is the unchunked collection), the backend the CPU (the bit-for-bit argument in
+  :func:`_batched_product` is about XLA:CPU's runtime; a GPU library may pick its algorithm by
+  the batch count), and the block at least 2 rows (XLA rewrites a 1-row product into a
+  reduction, whose rounding depends on the row count).
   """
   return jax.default_backend() == 'cpu' and block >= 2 and num_items % block == 0
 

@@ -171,8 +171,8 @@ class Collection:
   the CPU, one batched matrix-vector product at the memory bandwidth). It plays the part of a
   built faiss index, and like one it keeps its own copy of an in-memory array: float32 on a
   64-byte boundary, which JAX's CPU client adopts without a copy, followed by zero rows up to a
-  whole number of default chunks (at most one chunk, ~256 MiB), so every chunk of a query with
-  the default ``chunk_size`` goes to the device as a view. A memory map or .npy path stays on
+  whole number of default chunks (a few blocks of rows per chunk), so every chunk of a query
+  with the default ``chunk_size`` goes to the device as a view. A memory map or .npy path stays on
   disk and is streamed; a jax array stays where it is. Between calls it keeps the host buffers
   chunks are copied into (three of ``chunk_size`` rows, 64 MiB each by default), so they are not
   page-faulted in again each call.
@@ -208,7 +208,8 @@ class Collection:
     self.block = _ranking.block_size(source.num, block)
     if copy and isinstance(source.items, np.ndarray) and not isinstance(source.items, np.memmap):
       # Zero rows after the items, up to a whole number of default query chunks: every chunk,
-      # the last one too, is then a view (at most one chunk, ~64 MiB, of extra memory).
+      # the last one too, is then a view (default chunks are balanced, so this is a few blocks
+      # of rows per chunk: 3,000 rows for 200,000 items of D = 2048).
       rows = _ranking.chunk_rows(None, source.dim, self.block, jax.local_device_count(),
                                  source.num, _ranking.rows_align(source.dim))
       aligned = _ranking.aligned_empty((-(-source.num // rows) * rows, source.dim))

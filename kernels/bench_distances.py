@@ -46,7 +46,7 @@ def _timed(fn, repeats: int, budget_s: float = 60.0) -> tuple[float, float]:
   jax.block_until_ready(fn())
   first = time.perf_counter() - start
   times = []
-  for _ in range(max(repeats, 1)):
+  for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
@@ -59,7 +59,11 @@ def _timed_together(fns: dict, repeats: int, budget_s: float = 120.0) -> dict:
   """name -> (first call seconds, median of up to ``repeats`` further calls), the calls taken in
   turns (one of each per round), so that drift on a shared machine (other tenants, a peer's
   threads still spinning) falls on every contender alike."""
-  first = {name: _timed(fn, 0)[0] for name, fn in fns.items()}
+  first = {}
+  for name, fn in fns.items():
+    tic = time.perf_counter()
+    jax.block_until_ready(fn())
+    first[name] = time.perf_counter() - tic
   times = {name: [] for name in fns}
   start = time.perf_counter()
   for _ in range(repeats):
