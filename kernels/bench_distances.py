@@ -40,16 +40,19 @@ from kernels import distance_peers as peers
 from kernels import membw
 
 
-def _timed(fn, repeats: int, budget_s: float = 60.0) -> tuple[float, float]:
-  """(first call seconds, median of up to ``repeats`` further calls within ``budget_s``)."""
+def _seconds(fn) -> float:
+  """Wall time of one call of ``fn``, until its result is ready."""
   start = time.perf_counter()
   jax.block_until_ready(fn())
-  first = time.perf_counter() - start
+  return time.perf_counter() - start
+
+
+def _timed(fn, repeats: int, budget_s: float = 60.0) -> tuple[float, float]:
+  """(first call seconds, median of up to ``repeats`` further calls within ``budget_s``)."""
+  first = _seconds(fn)
   times = []
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
+    times.append(_seconds(fn))
     if sum(times) + first > budget_s:  # a slow peer: one or two runs say enough
       break
   return first, statistics.median(times)
@@ -59,18 +62,12 @@ def _timed_together(fns: dict, repeats: int, budget_s: float = 120.0) -> dict:
   """name -> (first call seconds, median of up to ``repeats`` further calls), the calls taken in
   turns (one of each per round), so that drift on a shared machine (other tenants, a peer's
   threads still spinning) falls on every contender alike."""
-  first = {}
-  for name, fn in fns.items():
-    tic = time.perf_counter()
-    jax.block_until_ready(fn())
-    first[name] = time.perf_counter() - tic
+  first = {name: _seconds(fn) for name, fn in fns.items()}
   times = {name: [] for name in fns}
   start = time.perf_counter()
   for _ in range(repeats):
     for name, fn in fns.items():
-      tic = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - tic)
+      times[name].append(_seconds(fn))
     if time.perf_counter() - start > budget_s:
       break
   return {name: (first[name], statistics.median(times[name])) for name in fns}
