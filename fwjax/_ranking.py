@@ -135,6 +135,30 @@ def rows_align(dim: int) -> bool:
   return (4 * dim) % _ALIGN == 0
 
 
+def host_pieces(x, max_rows: int) -> list[tuple[int, np.ndarray]] | None:
+  """(start, rows) pieces of ``x`` of about ``max_rows`` rows that are views of its memory, for
+  a kernel that runs faster on smaller pieces; None where that memory is not the CPU's.
+
+  ``x`` is a host array (an aligned view from :meth:`ItemSource.read`) or a jax array on one
+  CPU device, whose buffer numpy reads in place. The pieces are balanced over the fewest of
+  ``max_rows`` and start on multiples of 16 rows (so on 64-byte boundaries for any D, and they
+  go to the device without a copy): a piece may be up to 15 rows longer than ``max_rows``.
+  """
+  if jax.default_backend() != 'cpu':
+    return None
+  if isinstance(x, jax.Array):
+    if not x.is_fully_addressable or len(x.devices()) != 1 or next(
+        iter(x.devices())).platform != 'cpu':
+      return None
+    x = np.asarray(x)  # a view of the device buffer on the CPU
+  if not _adoptable(x):
+    return None
+  count = -(-len(x) // max(max_rows, 16))
+  rows = -(-len(x) // count // 16) * 16 if count > 1 else len(x)
+  pieces = [(start, x[start:start + rows]) for start in range(0, len(x), rows)]
+  return pieces if all(_adoptable(piece) for _, piece in pieces) else None
+
+
 def _adoptable(a: np.ndarray) -> bool:
   """Float32, C-contiguous and 64-byte aligned: JAX's CPU client takes it without a copy."""
   return a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0
@@ -182,16 +206,18 @@ def block_size(num_items: int, block: int | None) -> int:
 
 
 def chunk_rows(chunk_size: int | None, dim: int, block: int, num_devices: int,
-               num_items: int, views: bool = False) -> int:
+               num_items: int, views: bool = False, max_bytes: int | None = None) -> int:
   """Chunk length: a multiple of block * devices, no larger than needed for the collection.
 
   The default is at most about ~64 MiB of items, or ~256 MiB when ``views`` (chunks are read
-  without a copy), with the items split evenly over the fewest such chunks: the last chunk's
-  padding, which is computed like real rows, is then at most ``block * devices`` rows per chunk.
+  without a copy), or ``max_bytes`` where that is smaller (a kernel that runs faster on smaller
+  chunks), with the items split evenly over the fewest such chunks: the last chunk's padding,
+  which is computed like real rows, is then at most ``block * devices`` rows per chunk.
   """
   unit = block * num_devices
   if chunk_size is None:
-    largest = (_VIEW_CHUNK_BYTES if views else _CHUNK_BYTES) // (4 * max(dim, 1))
+    budget = _VIEW_CHUNK_BYTES if views else _CHUNK_BYTES
+    largest = min(budget, max_bytes or budget) // (4 * max(dim, 1))
     count = -(-num_items // max(unit, largest - largest % unit))  # the fewest chunks
     chunk_size = -(-num_items // count)
   if chunk_size < 1:
@@ -253,7 +279,9 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   the_mesh = mesh()
   num_devices = the_mesh.devices.size
   block = block_size(source.num, block)
-  rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num, source.cheap_reads)
+  one_query_manhattan = metric == 'manhattan' and queries[0].shape[0] == 1
+  rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num, source.cheap_reads,
+                    K.ONE_QUERY_MANHATTAN_BYTES if one_query_manhattan else None)
   step = _step(the_mesh, metric, block, num_refs, fusion, k, stats is not None,
                K.whole_blocks(source.num, block))
   replicated = NamedSharding(the_mesh, P())

@@ -171,8 +171,9 @@ class Collection:
   the CPU, one batched matrix-vector product at the memory bandwidth). It plays the part of a
   built faiss index, and like one it keeps its own copy of an in-memory array: float32 on a
   64-byte boundary, which JAX's CPU client adopts without a copy, followed by zero rows up to a
-  whole number of default chunks (a few blocks of rows per chunk), so every chunk of a query
-  with the default ``chunk_size`` goes to the device as a view. A memory map or .npy path stays on
+  whole number of default chunks (a few blocks of rows per chunk; for both default chunkings,
+  a query's and one query's manhattan's smaller one), so every chunk of a query with the
+  default ``chunk_size`` goes to the device as a view. A memory map or .npy path stays on
   disk and is streamed; a jax array stays where it is. Between calls it keeps the host buffers
   chunks are copied into (three of ``chunk_size`` rows, 64 MiB each by default), so they are not
   page-faulted in again each call.
@@ -210,9 +211,12 @@ class Collection:
       # Zero rows after the items, up to a whole number of default query chunks: every chunk,
       # the last one too, is then a view (default chunks are balanced, so this is a few blocks
       # of rows per chunk: 3,000 rows for 200,000 items of D = 2048).
-      rows = _ranking.chunk_rows(None, source.dim, self.block, jax.local_device_count(),
-                                 source.num, _ranking.rows_align(source.dim))
-      aligned = _ranking.aligned_empty((-(-source.num // rows) * rows, source.dim))
+      # Both default chunkings: a query's, and one query's manhattan's smaller chunks.
+      length = max(-(-source.num // rows) * rows for rows in (
+          _ranking.chunk_rows(None, source.dim, self.block, jax.local_device_count(),
+                              source.num, _ranking.rows_align(source.dim), budget)
+          for budget in (None, K.ONE_QUERY_MANHATTAN_BYTES)))
+      aligned = _ranking.aligned_empty((length, source.dim))
       aligned[:source.num] = source.items
       aligned[source.num:] = 0.0
       source = _ranking.ItemSource(aligned[:source.num], padded=aligned)
@@ -305,12 +309,21 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   if isinstance(items, Collection):
     stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
     block = items.block
+    if metric == 'manhattan':
+      stats = ()  # manhattan needs no statistics (its rows were checked at build)
   block = _ranking.block_size(source.num, block)
   x = source.read(0, source.num, source.num)
-  d, _, codes = K.chunk_distances(rows, sqnorm, total, mask, x, jnp.int32(0),
-                                  jnp.int32(source.num), *stats, metric=metric, block=block,
-                                  num_refs=1, fusion='sum',
-                                  batched=K.whole_blocks(source.num, block))
+  pieces = None
+  if metric == 'manhattan' and rows.shape[0] == 1:  # see K.ONE_QUERY_MANHATTAN_BYTES
+    pieces = _ranking.host_pieces(x, K.ONE_QUERY_MANHATTAN_BYTES // (4 * source.dim))
+  parts = [K.chunk_distances(rows, sqnorm, total, mask, piece, jnp.int32(start),
+                             jnp.int32(source.num), *stats, metric=metric, block=block,
+                             num_refs=1, fusion='sum', batched=K.whole_blocks(source.num, block))
+           for start, piece in pieces or [(0, x)]]
+  d, codes = parts[0][0], parts[0][2]
+  if len(parts) > 1:
+    d = jnp.concatenate([p[0] for p in parts], axis=1)
+    codes = jnp.concatenate([p[2] for p in parts])
   if not stats:
     codes = np.asarray(codes)
     bad = np.flatnonzero(codes != K.OK)

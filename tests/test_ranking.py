@@ -410,3 +410,73 @@ def test_batched_product_depends_only_on_the_block(dim):
     np.testing.assert_array_equal(part, whole[8 * first:8 * (first + count)])
   with pytest.raises(ValueError, match='not whole blocks'):
     product(q, x[:20], 8)
+
+
+@pytest.mark.parametrize('as_jax', [False, True])
+def test_one_query_manhattan_in_pieces_equals_one_piece(as_jax, monkeypatch):
+  # pairwise runs one query's manhattan on views of the items of about
+  # K.ONE_QUERY_MANHATTAN_BYTES each. Its tree sum is element-wise, so no bit may change with
+  # the pieces, and a bad row in a later piece is named by its index in the whole collection.
+  rng = np.random.default_rng(14)
+  q = rng.random((1, 24), dtype=np.float32)
+  x = rng.random((203, 24), dtype=np.float32)
+  items = jax.numpy.asarray(x) if as_jax else x
+  whole = np.asarray(distances.pairwise(q, items, 'manhattan'))
+  counts = []
+  real_pieces = _ranking.host_pieces
+
+  def spy(array, max_rows):
+    pieces = real_pieces(array, max_rows)
+    counts.append(len(pieces))
+    return pieces
+
+  monkeypatch.setattr(_ranking, 'host_pieces', spy)
+  monkeypatch.setattr(K, 'ONE_QUERY_MANHATTAN_BYTES', 4 * 24 * 40)
+  got = np.asarray(distances.pairwise(q, items, 'manhattan'))
+  assert counts == [5]  # 203 rows in pieces of 48 (40 rounded up to 16-row alignment)
+  np.testing.assert_array_equal(got, whole)
+  np.testing.assert_allclose(got, cdist(q, x, 'cityblock'), rtol=1e-5)
+  x[170, 3] = np.nan
+  with pytest.raises(ValueError, match='items row 170 has a NaN or Inf'):
+    distances.pairwise(q, jax.numpy.asarray(x) if as_jax else x, 'manhattan')
+
+
+def test_host_pieces_are_aligned_views_covering_the_items():
+  x = _ranking.aligned_empty((1000, 3))
+  x[:] = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+  pieces = _ranking.host_pieces(x, 300)
+  assert [start for start, _ in pieces] == [0, 256, 512, 768]  # 4 balanced pieces of 256
+  np.testing.assert_array_equal(np.concatenate([p for _, p in pieces]), x)
+  assert all(np.shares_memory(p, x) and p.ctypes.data % 64 == 0 for _, p in pieces)
+  assert len(_ranking.host_pieces(x, 5000)) == 1
+  assert _ranking.host_pieces(x[1:], 300) is None  # not 64-byte aligned: no views
+  on_device = jax.device_put(x)
+  assert np.shares_memory(_ranking.host_pieces(on_device, 300)[1][1], np.asarray(on_device))
+  sharded = jax.device_put(x[:992], jax.sharding.NamedSharding(
+      _ranking.mesh(), jax.sharding.PartitionSpec('items')))
+  assert _ranking.host_pieces(sharded, 300) is None  # its rows live in four buffers
+
+
+def test_one_query_manhattan_streams_smaller_chunks_all_views(monkeypatch):
+  # One query's manhattan streams chunks of at most K.ONE_QUERY_MANHATTAN_BYTES; a Collection
+  # pads its copy for both default chunkings, so each of their chunks is a view.
+  monkeypatch.setattr(_ranking, '_VIEW_CHUNK_BYTES', 4 * 64 * 1300)
+  monkeypatch.setattr(K, 'ONE_QUERY_MANHATTAN_BYTES', 4 * 64 * 520)
+  rng = np.random.default_rng(15)
+  x = rng.random((1100, 64), dtype=np.float32)
+  refs = distances.Collection(x, block=64)
+  reads = []
+  real_read = refs.source.read
+
+  def spy(start, stop, rows, out=None):
+    chunk = real_read(start, stop, rows, out)
+    reads.append((rows, np.shares_memory(chunk, refs.source.items)))
+    return chunk
+
+  monkeypatch.setattr(refs.source, 'read', spy)
+  for num_queries, chunks in ((1, [(512, True)] * 3), (2, [(1280, True)])):
+    q = rng.random((num_queries, 64), dtype=np.float32)
+    reads.clear()
+    got = distances.topk(q, refs, 15, 'manhattan')
+    assert reads == chunks
+    assert_same(got, distances.topk(q, x, 15, 'manhattan', chunk_size=1100, block=64))
