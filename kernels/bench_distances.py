@@ -15,7 +15,9 @@ For each number of queries Q and each metric:
 * faiss-cpu: ``IndexFlatL2`` / ``IndexFlatIP`` (normalised) / ``IndexFlat(METRIC_L1)``
   ``search`` (top k) and ``faiss.pairwise_distances`` (every distance); index build not timed.
   These and the four fwjax calls are timed in turns, one call of each per round (median of the
-  rounds), so a slow spell on the shared machine falls on all of them alike.
+  rounds), so a slow spell on the shared machine falls on all of them alike, each after a
+  0.2 s pause (``_SETTLE_S``: BLAS threads still spinning from the previous call would take a
+  core from it).
 * ``scipy.spatial.distance.cdist`` and ``sklearn.metrics.pairwise_distances`` (every distance).
 
 A peer whose run at the full N is predicted (from a subset of ``--subset`` items) to exceed
@@ -40,8 +42,16 @@ from kernels import distance_peers as peers
 from kernels import membw
 
 
+# A pause before every timed call. OpenBLAS (numpy's, and faiss's) and OpenMP keep their worker
+# threads spinning for a while after a call returns; on a 2-core machine they take a core from
+# whatever runs next: an XLA one-query product took 72-76 ms right after a faiss or numpy call,
+# 54-58 ms after this pause or after another XLA call (so does any call after them).
+_SETTLE_S = 0.2
+
+
 def _seconds(fn) -> float:
-  """Wall time of one call of ``fn``, until its result is ready."""
+  """Wall time of one call of ``fn``, until its result is ready, started on a quiet machine."""
+  time.sleep(_SETTLE_S)
   start = time.perf_counter()
   jax.block_until_ready(fn())
   return time.perf_counter() - start

@@ -32,7 +32,7 @@ for part in $parts; do
     gpu:env) run env 120 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv; $PY -c 'import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())'; $PY -m kernels.membw --out $OUT/membw.json" ;;
     cpu:ap) run ap 300 $PY -m kernels.bench_average_precision --out "$OUT/ap.json" ;;
     gpu:ap) run ap 180 $PY -m kernels.bench_average_precision --out "$OUT/ap.json" ;;
-    cpu:distances) run distances 1200 $PY -m kernels.bench_distances --out "$OUT/distances.json" ;;
+    cpu:distances) run distances 1500 $PY -m kernels.bench_distances --out "$OUT/distances.json" ;;
     gpu:distances) run distances 420 $PY -m kernels.bench_distances --out "$OUT/distances.json" ;;
     cpu:ranking) run ranking 1500 $PY -m kernels.bench_ranking --workdir /tmp --out "$OUT/ranking.json" ;;
     gpu:ranking) run ranking 300 $PY -m kernels.bench_ranking --workdir /tmp --out "$OUT/ranking.json" ;;
