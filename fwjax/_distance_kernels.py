@@ -95,10 +95,16 @@ def _tree_sum(y: jax.Array) -> jax.Array:
 # One query's manhattan (:func:`_tree_sum`) stores its first tree levels, an eighth of the chunk,
 # between XLA fusions. On the CPU it runs about a quarter faster on chunks of up to ~192 MiB than
 # on larger ones (the intermediate then stays in the last-level cache, as we read it; malloc's
-# thresholds made no difference): 200,000 x 2048 items in pieces of 98-195 MiB took 89-108 ms,
-# in pieces of 312 MiB or more 127-143 ms. The tree's bits do not depend on the chunking, so
-# pairwise and the streaming run it on pieces of at most this many bytes.
+# thresholds made no difference): 200,000 x 2048 items in pieces of 98-195 MiB took 89-116 ms
+# across runs, in pieces of 312 MiB or more 127-143 ms. The tree's bits do not depend on the
+# chunking, so pairwise and the streaming run it on pieces of at most this many bytes.
 ONE_QUERY_MANHATTAN_BYTES = 128 << 20
+
+
+def piece_bytes(metric: str, num_rows: int) -> int | None:
+  """The most item bytes per call for ``metric`` with ``num_rows`` query rows (the one-query
+  manhattan tree: ``ONE_QUERY_MANHATTAN_BYTES``), or None where bigger calls are no slower."""
+  return ONE_QUERY_MANHATTAN_BYTES if metric == 'manhattan' and num_rows == 1 else None
 
 
 def block_distances(q: jax.Array, q_sqnorm: jax.Array, q_sum: jax.Array, gram: jax.Array,
@@ -240,7 +246,7 @@ def chunk_distances(q, q_sqnorm, q_sum, ref_mask, x, first_index, num_items, x_s
   """
   size = x.shape[0]
   if metric == 'manhattan':
-    if q.shape[0] == 1:
+    if q.shape[0] == 1:  # the rows piece_bytes limits
       # One query: a tree sum over the whole chunk, on every core (a reduction would run in
       # the block loop, on one). Several: the blocked reduction, which keeps queries in cache.
       d = _tree_sum(jnp.abs(x - q))[None, :]

@@ -279,9 +279,8 @@ def stream(source: ItemSource, queries: tuple, *, metric: str, fusion: str, num_
   the_mesh = mesh()
   num_devices = the_mesh.devices.size
   block = block_size(source.num, block)
-  one_query_manhattan = metric == 'manhattan' and queries[0].shape[0] == 1
   rows = chunk_rows(chunk_size, source.dim, block, num_devices, source.num, source.cheap_reads,
-                    K.ONE_QUERY_MANHATTAN_BYTES if one_query_manhattan else None)
+                    K.piece_bytes(metric, queries[0].shape[0]))
   step = _step(the_mesh, metric, block, num_refs, fusion, k, stats is not None,
                K.whole_blocks(source.num, block))
   replicated = NamedSharding(the_mesh, P())

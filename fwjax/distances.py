@@ -313,9 +313,8 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
       stats = ()  # manhattan needs no statistics (its rows were checked at build)
   block = _ranking.block_size(source.num, block)
   x = source.read(0, source.num, source.num)
-  pieces = None
-  if metric == 'manhattan' and rows.shape[0] == 1:  # see K.ONE_QUERY_MANHATTAN_BYTES
-    pieces = _ranking.host_pieces(x, K.ONE_QUERY_MANHATTAN_BYTES // (4 * source.dim))
+  most = K.piece_bytes(metric, rows.shape[0])
+  pieces = _ranking.host_pieces(x, most // (4 * source.dim)) if most else None
   parts = [K.chunk_distances(rows, sqnorm, total, mask, piece, jnp.int32(start),
                              jnp.int32(source.num), *stats, metric=metric, block=block,
                              num_refs=1, fusion='sum', batched=K.whole_blocks(source.num, block))
