@@ -208,10 +208,10 @@ class Collection:
     source = _source(items)
     self.block = _ranking.block_size(source.num, block)
     if copy and isinstance(source.items, np.ndarray) and not isinstance(source.items, np.memmap):
-      # Zero rows after the items, up to a whole number of default query chunks: every chunk,
-      # the last one too, is then a view (default chunks are balanced, so this is a few blocks
-      # of rows per chunk: 3,000 rows for 200,000 items of D = 2048).
-      # Both default chunkings: a query's, and one query's manhattan's smaller chunks.
+      # Zero rows after the items, up to a whole number of default query chunks for both
+      # default chunkings (a query's, and one query's manhattan's smaller one): every chunk, the
+      # last one too, is then a view (default chunks are balanced, so this is a few blocks of
+      # rows per chunk: 3,000 rows for 200,000 items of D = 2048).
       length = max(-(-source.num // rows) * rows for rows in (
           _ranking.chunk_rows(None, source.dim, self.block, jax.local_device_count(),
                               source.num, _ranking.rows_align(source.dim), budget)
@@ -306,11 +306,12 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   source = _source(items)
   (rows, sqnorm, total, mask), _ = _prepare_queries(queries, None, metric, 'sum', source.dim)
   stats = ()
-  if isinstance(items, Collection):
+  checked = isinstance(items, Collection)  # its rows were checked when it was built
+  if checked:
     stats = items._prepared_for(metric, block)  # pylint: disable=protected-access
     block = items.block
     if metric == 'manhattan':
-      stats = ()  # manhattan needs no statistics (its rows were checked at build)
+      stats = ()  # manhattan needs no statistics
   block = _ranking.block_size(source.num, block)
   x = source.read(0, source.num, source.num)
   most = K.piece_bytes(metric, rows.shape[0])
@@ -323,7 +324,7 @@ def pairwise(queries: ArrayLike, items: ArrayLike, metric: str = 'euclidean', *,
   if len(parts) > 1:
     d = jnp.concatenate([p[0] for p in parts], axis=1)
     codes = jnp.concatenate([p[2] for p in parts])
-  if not stats:
+  if not checked:
     codes = np.asarray(codes)
     bad = np.flatnonzero(codes != K.OK)
     if bad.size:
