@@ -12,6 +12,7 @@ if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=4'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+os.environ.setdefault('KERAS_BACKEND', 'jax')  # the Keras peer runs on JAX, never TensorFlow
 
 import pytest  # noqa: E402
 
