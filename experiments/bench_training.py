@@ -4,9 +4,9 @@ r"""Training throughput of the descriptor classifier: images/s per device and da
   python -m experiments.bench_training --quick              # width 16, few steps (a smoke run)
   python -m experiments.bench_training --per_device_batch=64 --out=bench_gpu.json   # on a GPU
 
-Runs the real data-parallel train step (fwjax.steps, every local device, paper optimiser) on
+Runs the real data-parallel train step (fwjax.training.steps, every local device, paper optimiser) on
 uint8 batches gathered from an in-memory pool the size of a small cache, fed through the same
-background prefetch as fwjax.train.fit, so the data-wait column shows whether the input
+background prefetch as fwjax.training.train.fit, so the data-wait column shows whether the input
 pipeline keeps up. Compile time is reported apart; throughput is the median over repeats.
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from fwjax import losses
-from fwjax import optim
-from fwjax import steps
-from fwjax import train
+from fwjax.training import losses
+from fwjax.training import optim
+from fwjax.training import steps
+from fwjax.training import train
 from fwjax.models import classifier
 
 _HEIGHT = flags.DEFINE_integer('height', 352, 'Input height.')

@@ -8,13 +8,13 @@ Several hosts: run the same command on every host with --distributed (jax.distri
 reads the cluster from SLURM / Open MPI / Cloud TPU, or from JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID).
 
-The logic is in fwjax.descriptor_job; this file only turns flags into a DescriptorConfig.
+The logic is in fwjax.descriptor.job; this file only turns flags into a DescriptorConfig.
 """
 
 from absl import app
 from absl import flags
 
-from fwjax import descriptor_job
+from fwjax.descriptor import job as descriptor_job
 
 _MANIFEST = flags.DEFINE_string('manifest', None, 'CSV of path,labels (fwjax.data.manifest).')
 _DATA_ROOT = flags.DEFINE_string('data_root', None, 'Folder the manifest paths are relative to '

@@ -9,14 +9,14 @@ r"""The paper's grid of descriptor runs (compositions x preprocessing x resoluti
 Every descriptor flag sets the base configuration; --out_dir is the grid's folder (one run folder
 per configuration, a shared image cache, results.sqlite unless --results_db). Configurations
 complete in the store are skipped, so the grid can be stopped and restarted at any time.
-The logic is in fwjax.grid.
+The logic is in fwjax.descriptor.grid.
 """
 
 from absl import app
 from absl import flags
 
 from experiments import descriptor
-from fwjax import grid
+from fwjax.descriptor import grid
 from fwjax import resample
 
 _COMPOSITIONS = flags.DEFINE_list('compositions', list(resample.COMPOSITIONS),

@@ -5,13 +5,13 @@ r"""Ranks an image collection against reference images, scores, times, stores an
   python -m experiments.similarity --collection_dir=seized/ --references=object_a/ \
       --weights=resnet50.pth --metrics=cosine,euclidean --k=100 --out_dir=case_123
 
-The logic is in fwjax.similarity; this file only turns flags into a SimilarityConfig.
+The logic is in fwjax.similarity.job; this file only turns flags into a SimilarityConfig.
 """
 
 from absl import app
 from absl import flags
 
-from fwjax import similarity
+from fwjax.similarity import job as similarity
 
 _COLLECTION_DIR = flags.DEFINE_string(
     'collection_dir', None, 'Folder of images to rank (recursive); class sub-folders, if every '

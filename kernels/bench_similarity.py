@@ -6,7 +6,7 @@ r"""Similarity ranking benchmark: feature extraction throughput and ranking of c
 1. Feature extraction (a full-width ResNet-50, random weights: the cost is the same as with
    pretrained ones) in images/s and seconds per 10,000 images, the unit the thesis reports:
    model only (uint8 batches already in memory, sharded over the local devices) and from files
-   (PNG decode + resize + model, fwjax.features.extract_features with an empty cache).
+   (PNG decode + resize + model, fwjax.similarity.features.extract_features with an empty cache).
 2. Ranking: ``--num_items`` cached features (D=2048, float32, a memory-mapped .npy created under
    ``--workdir``, never the repository) against 1, 16 and 256 references (one query each), top
    ``--k``, per metric, end to end from the memory map: fwjax.distances.topk next to faiss-cpu
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from fwjax import distances
-from fwjax import features
+from fwjax.similarity import features
 
 try:
   import faiss  # pylint: disable=g-import-not-at-top

@@ -7,7 +7,7 @@ torchvision once (``pretrained.load_torchvision`` then :func:`save_variables`) r
 original file, and fine-tuned models can be shared as directories.
 
 Training-loop checkpoints (optimizer state, step, several kept versions) belong to
-``fwjax.train``; these two functions are for a model's variables alone.
+``fwjax.training.train``; these two functions are for a model's variables alone.
 """
 
 import os

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from fwjax import _distance_kernels as K
-from fwjax import _ranking
+from fwjax.distances import kernels as K
+from fwjax.distances import stream as _ranking
 from fwjax import distances
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SCIPY = {'euclidean': 'euclidean', 'sqeuclidean': 'sqeuclidean', 'manhattan': 'cityblock',
          'cosine': 'cosine'}
 EXACT = ('euclidean', 'sqeuclidean', 'manhattan')  # exact in float32 on small integer features

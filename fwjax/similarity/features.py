@@ -7,7 +7,7 @@ bytes): a re-run extracts only the images that are new or changed, renamed files
 file replaced under the same name is re-extracted.
 
 The cache itself (an append-only matrix plus a content-hash index per configuration) is in
-``fwjax.feature_cache``.
+``fwjax.similarity.feature_cache``.
 
 Example::
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fwjax import feature_cache
+from fwjax.similarity import feature_cache
 from fwjax import resample
 from fwjax.data import images as images_lib
 from fwjax.models import resnet

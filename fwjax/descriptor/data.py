@@ -1,4 +1,4 @@
-"""Data of a descriptor run: source -> split -> resized cache -> batches for ``fwjax.train.fit``.
+"""Data of a descriptor run: source -> split -> resized cache -> batches for ``fwjax.training.train.fit``.
 
 The originals are decoded and resized once per (resolution, policy) into a cache of uint8 planes
 (``fwjax.data.cache``); a channel composition (``B-H-N`` ...) is a stack of cached planes, so
@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fwjax import train
+from fwjax.training import train
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ class DescriptorData:
   """Training and validation data of one run.
 
   Attributes:
-    fit_data: batches for ``fwjax.train.fit``.
+    fit_data: batches for ``fwjax.training.train.fit``.
     train_labels: (N_train, 17) uint8.
     valid_paths: validation image paths (predictions.csv rows, in order).
     num_train, num_valid: split sizes.

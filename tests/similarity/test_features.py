@@ -1,4 +1,4 @@
-"""Tests for fwjax.features: extraction against a plain forward pass and the PyTorch fixture,
+"""Tests for fwjax.similarity.features: extraction against a plain forward pass and the PyTorch fixture,
 content-keyed caching, streaming to .npy, and bad input."""
 
 import shutil
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fwjax import features
+from fwjax.similarity import features
 from fwjax import resample
 
 HEIGHT, WIDTH = 64, 48

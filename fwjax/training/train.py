@@ -3,7 +3,7 @@
 ``fit`` runs fastai's recipe as the paper used it: phase 1 trains the preprocessing layer and the
 head (body frozen except BatchNorm) for ``epochs_phase1`` epochs, phase 2 trains everything with
 discriminative learning rates for ``epochs_phase2`` epochs, each phase one one-cycle schedule
-(``fwjax.optim``). After every epoch it scores the validation set with exact average precision
+(``fwjax.training.optim``). After every epoch it scores the validation set with exact average precision
 (macro PRAUC and per label) and writes an Orbax checkpoint:
 
   checkpoint_dir/last/<epoch>/   train state (params, batch_stats, optimiser state with the
@@ -40,10 +40,10 @@ import orbax.checkpoint as ocp
 
 from fwjax import augment as augment_lib
 from fwjax import descriptors
-from fwjax import losses as losses_lib
-from fwjax import optim
+from fwjax.training import losses as losses_lib
+from fwjax.training import optim
 from fwjax import progress as progress_lib
-from fwjax import steps
+from fwjax.training import steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -321,7 +321,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
     data: batches and validation labels.
     loss: the training loss.
     config: epochs, learning rates, checkpoints.
-    mesh: the device mesh (default: every device, :func:`fwjax.steps.make_mesh`).
+    mesh: the device mesh (default: every device, :func:`fwjax.training.steps.make_mesh`).
     on_epoch: called with the record of each epoch this call runs (epochs done before a resume
       are in ``FitResult.history`` only).
 

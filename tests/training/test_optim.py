@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from fwjax import optim
+from fwjax.training import optim
 from fwjax.models import classifier
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from fwjax import _distance_kernels as K
+from fwjax.distances import kernels as K
 
 _AXIS = 'items'
 _CHUNK_BYTES = 64 << 20  # default chunk: ~64 MiB of float32 items copied on the host

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from fwjax import losses
+from fwjax.training import losses
 
 
 def test_label_weights_hand_computed():

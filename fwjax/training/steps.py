@@ -6,7 +6,7 @@ supplies the slices of its own devices). The step runs under ``jax.shard_map``, 
 successor of ``jax.pmap``:
 
 - each device computes the loss statistics of its slice; ``lax.psum`` adds them, so the loss is
-  exactly that of the global batch (also for Soft-F1, see ``fwjax.losses``);
+  exactly that of the global batch (also for Soft-F1, see ``fwjax.training.losses``);
 - each device differentiates through its own slice; ``lax.psum`` of the gradients gives the
   gradient of the global-batch loss. For a mean loss over equal slices this is the familiar
   ``lax.pmean`` of per-device mean gradients; the sum form stays exact with uneven masks and for
@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fwjax import augment as augment_lib
-from fwjax import losses as losses_lib
+from fwjax.training import losses as losses_lib
 
 AXIS = 'data'
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -136,7 +136,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   Args:
     model: the classifier, built with ``bn_axis_name='data'`` for synchronised BatchNorm; its
       ``dtype`` sets the compute precision (bfloat16 for mixed precision; params stay float32).
-    tx: the optimiser (``fwjax.optim.adamw_groups``: the rates are arguments of the step, so
+    tx: the optimiser (``fwjax.training.optim.adamw_groups``: the rates are arguments of the step, so
       one compiled step serves both phases; any optax transformation that takes no extra
       arguments works too and ignores them).
     loss: the loss (its statistics are summed over devices).

@@ -3,7 +3,7 @@
 An investigator holds one or a few images of an object of interest and wants a whole collection
 ranked by similarity to them, locally, with no trained class for that object. ``run_similarity``
 does the whole job: load the collection and the references, extract CNN features (cached by
-content, see ``fwjax.features``), rank with each requested metric and reference count (fused as in
+content, see ``fwjax.similarity.features``), rank with each requested metric and reference count (fused as in
 ``fwjax.distances``), score where ground truth is known, time the three phases the thesis reports,
 store everything in the SQLite results store and write what a person reads (CSV, HTML, plots).
 
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from fwjax import distances
-from fwjax import features as features_lib
+from fwjax.similarity import features as features_lib
 from fwjax import metrics as metrics_lib
-from fwjax import retrieval_report
-from fwjax.similarity_collections import Collection, load_collection
+from fwjax.similarity import report as retrieval_report
+from fwjax.data.collections import Collection, load_collection
 
 CMC_PERCENTS = (1, 5, 10, 15, 20)
 # Published CMC on FID-300 (fractions of probes), drawn on the CMC plot of FID-300 runs.
@@ -52,7 +52,7 @@ class SimilarityConfig:
   """Everything a similarity run depends on (the entry point fills it from flags).
 
   Exactly one collection source must be set: ``collection_dir``, ``manifest``, ``fid300_dir`` or
-  ``synthetic_retrieval`` (see ``fwjax.similarity_collections.load_collection``).
+  ``synthetic_retrieval`` (see ``fwjax.data.collections.load_collection``).
   """
   out_dir: str
   collection_dir: str | None = None

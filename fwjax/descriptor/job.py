@@ -8,7 +8,7 @@ into a :class:`DescriptorConfig`):
    any channel composition is stacked (``fwjax.data.cache``);
 2. model: preprocessing -> ResNet-50 body (pretrained weights, or random initialisation, said
    loudly) -> head, at ``width_multiplier`` x the standard width;
-3. training: ``fwjax.train.fit`` (two phases, per-epoch validation, checkpoints, resume);
+3. training: ``fwjax.training.train.fit`` (two phases, per-epoch validation, checkpoints, resume);
 4. outputs in ``out_dir`` and a row in the SQLite results store (``fwjax.store``).
 
 Run folder::
@@ -22,7 +22,7 @@ Run folder::
   pr_curves.png             precision-recall curve per descriptor
   predictions.csv           validation images: path, true codes, a score per descriptor
   gradcam/*.png             Grad-CAM overlays of a few validation images (top predicted label)
-  checkpoints/last, best    Orbax checkpoints (fwjax.train)
+  checkpoints/last, best    Orbax checkpoints (fwjax.training.train)
   summary.json              macro_prauc, prevalence_baseline, per_label_ap, best epoch, ...
 """
 
@@ -43,14 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fwjax import augment as augment_lib
-from fwjax import descriptor_data
+from fwjax.descriptor import data as descriptor_data
 from fwjax import descriptors
-from fwjax import losses as losses_lib
+from fwjax.training import losses as losses_lib
 from fwjax import metrics as metrics_lib
-from fwjax import plots
-from fwjax import steps
+from fwjax.descriptor import plots
+from fwjax.training import steps
 from fwjax import store as store_lib
-from fwjax import train
+from fwjax.training import train
 from fwjax.models import classifier
 from fwjax.models import gradcam as gradcam_lib
 from fwjax.models import pretrained as pretrained_lib
@@ -210,7 +210,7 @@ def run_descriptor(config: DescriptorConfig) -> dict[str, Any]:
 
   Raises:
     ValueError / FileNotFoundError: a configuration that cannot run (flag named).
-    fwjax.train.NonFiniteLossError: training diverged (the store records the failure).
+    fwjax.training.train.NonFiniteLossError: training diverged (the store records the failure).
   """
   validate(config)
   if config.distributed:

@@ -7,7 +7,7 @@ from sklearn.metrics import precision_recall_curve as sk_curve
 
 from fwjax import descriptors
 from fwjax import metrics
-from fwjax import plots
+from fwjax.descriptor import plots
 
 
 def test_precision_recall_curve_matches_sklearn():

@@ -1,7 +1,7 @@
 """The paper's grid of descriptor runs and its tables, read back from the results store.
 
 ``grid_configs`` spans compositions x preprocessing x resolutions x losses x seeds around a base
-:class:`~fwjax.descriptor_job.DescriptorConfig`; ``run_grid`` runs them one by one, skipping each
+:class:`~fwjax.descriptor.job.DescriptorConfig`; ``run_grid`` runs them one by one, skipping each
 configuration already complete in the store (so a stopped grid restarts where it stopped: an
 interrupted run resumes from its checkpoint); ``tables`` prints the paper's tables from the store:
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fwjax import descriptor_job
+from fwjax.descriptor import job as descriptor_job
 from fwjax import store as store_lib
 
 GRID_AXES = ('composition', 'preprocess', 'resolution', 'loss', 'seed')

@@ -8,11 +8,11 @@ import sys
 import pytest
 from PIL import Image
 
-from fwjax import descriptor_job
+from fwjax.descriptor import job as descriptor_job
 from fwjax import descriptors
 from fwjax import store as store_lib
 
-REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
+REPO = __import__('pathlib').Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path, **kwargs):

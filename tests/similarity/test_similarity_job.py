@@ -1,4 +1,4 @@
-"""Tests for fwjax.similarity: end-to-end runs on tiny collections, checked against independent
+"""Tests for fwjax.similarity.job: end-to-end runs on tiny collections, checked against independent
 recomputation (scipy distances over the saved features, CMC counted from the written CSVs)."""
 
 import csv
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy.spatial import distance as scipy_distance
 
-from fwjax import similarity
+from fwjax.similarity import job as similarity
 from fwjax import store as store_lib
 
 NUM_REFS = 12

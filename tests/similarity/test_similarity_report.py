@@ -1,4 +1,4 @@
-"""Tests for fwjax.retrieval_report: self-contained HTML pages and the CMC / inverse-recall plots."""
+"""Tests for fwjax.similarity.report: self-contained HTML pages and the CMC / inverse-recall plots."""
 
 import base64
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fwjax import retrieval_report
+from fwjax.similarity import report as retrieval_report
 
 
 def _image(path, shape, value):

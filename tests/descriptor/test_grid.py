@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from fwjax import descriptor_job
-from fwjax import grid
+from fwjax.descriptor import job as descriptor_job
+from fwjax.descriptor import grid
 from fwjax import store as store_lib
 
 BASE = descriptor_job.DescriptorConfig(out_dir='unused', synthetic=64, epochs_phase1=1,
@@ -92,7 +92,7 @@ def test_small_grid_on_synthetic_data(tmp_path):
   """experiments.grid end to end: runs, restarts without re-running, prints the tables."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  repo = __import__('pathlib').Path(__file__).resolve().parents[1]
+  repo = __import__('pathlib').Path(__file__).resolve().parents[2]
   command = [sys.executable, '-m', 'experiments.grid',
              '--flagfile=experiments/flags/grid_small.flags', f'--out_dir={tmp_path}',
              '--compositions=B-B-B,B-H-N', '--preprocessing=cbn_1', '--stage_sizes=1,1,1,1',

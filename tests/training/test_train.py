@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from fwjax import augment as augment_lib
-from fwjax import losses
-from fwjax import optim
-from fwjax import steps
-from fwjax import train
+from fwjax.training import losses
+from fwjax.training import optim
+from fwjax.training import steps
+from fwjax.training import train
 from fwjax import descriptors
 
 H, W = 16, 16

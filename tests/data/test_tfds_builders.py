@@ -19,7 +19,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 from fwjax import descriptors  # noqa: E402
 from fwjax.data import manifest, synthetic, tfds_builders  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _pillow_grey(path: pathlib.Path) -> np.ndarray:

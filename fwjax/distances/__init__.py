@@ -67,8 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fwjax import _distance_kernels as K
-from fwjax import _ranking
+from fwjax.distances import kernels as K
+from fwjax.distances import stream as _ranking
 
 METRICS = K.METRICS
 FUSIONS = K.FUSIONS

@@ -1,0 +1,1 @@
+"""Similarity ranking (de Bie 2020): features, feature cache, job, report pages."""

@@ -1,0 +1,1 @@
+"""Training: losses, optimiser groups, sharded steps, the two-phase fit."""
