@@ -2,7 +2,7 @@ r"""The paper's grid of descriptor runs (compositions x preprocessing x resoluti
 
   python -m experiments.grid --flagfile=experiments/flags/grid_small.flags
   python -m experiments.grid --flagfile=experiments/flags/paper_352x144.flags \
-      --manifest=nfrc/manifest.csv --pretrained=resnet50.pth --out_dir=runs/grid \
+      --manifest=nfrc/manifest.csv --weights=resnet50.pth --out_dir=runs/grid \
       --resolutions=352x144,224x224 --losses=bce,soft_f1
   python -m experiments.grid ... --tables_only      # print the tables from the store
 

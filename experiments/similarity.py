@@ -11,7 +11,10 @@ The logic is in fwjax.similarity.job; this file only turns flags into a Similari
 from absl import app
 from absl import flags
 
+from fwjax import distances
+
 from fwjax.similarity import job as similarity
+from fwjax.similarity.config import SimilarityConfig as C
 
 _COLLECTION_DIR = flags.DEFINE_string(
     'collection_dir', None, 'Folder of images to rank (recursive); class sub-folders, if every '
@@ -22,64 +25,59 @@ _FID300_DIR = flags.DEFINE_string(
     'fid300_dir', None, 'FID-300 in its own layout (references/*.png, tracks_cropped/*.jpg or '
     'probes/, label_table.csv or labels.csv): every probe is ranked against every reference.')
 _SYNTHETIC = flags.DEFINE_integer(
-    'synthetic_retrieval', 0, 'Generate a synthetic retrieval set with this many shoe models (in '
+    'synthetic', C.synthetic, 'Generate a synthetic retrieval set with this many shoe models (in '
     'FID-300 layout, under --out_dir) and rank it; needs no data.')
-_SYNTHETIC_PROBES = flags.DEFINE_integer('synthetic_probes_per_model', 2,
+_SYNTHETIC_PROBES = flags.DEFINE_integer('synthetic_probes_per_model', C.synthetic_probes_per_model,
                                          'Probes per model of the synthetic retrieval set.')
 _REFERENCES = flags.DEFINE_list(
     'references', [], 'Reference images: each file is one query; each folder is one query '
-    'fusing all of its images. Not used with --fid300_dir/--synthetic_retrieval (probes are).')
+    'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are).')
 _QUERIES_PER_CLASS = flags.DEFINE_integer(
-    'queries_per_class', 1, 'Without --references, on a class-folder collection: queries drawn '
+    'queries_per_class', C.queries_per_class, 'Without --references, on a class-folder collection: queries drawn '
     'per class (held out of the collection).')
-_NUM_REFERENCES = flags.DEFINE_list('num_references', ['1'],
+_NUM_REFERENCES = flags.DEFINE_list('num_references', list(map(str, C.num_references)),
                                     'Reference images fused per query; several values compare.')
 _WEIGHTS = flags.DEFINE_string(
     'weights', None, 'torchvision ResNet-50 state dict (.pth/.safetensors) or a fwjax checkpoint '
     'folder from experiments.descriptor (its body); unset: random initialisation.')
-_RANDOM_WIDTH = flags.DEFINE_integer('random_width', 64, 'ResNet base width for random init.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of random init, query drawing, synthetic data.')
-_STAGE = flags.DEFINE_string('stage', 'features', 'Feature stage: features (pooled layer4), '
+_RANDOM_WIDTH = flags.DEFINE_integer('random_width', C.random_width, 'ResNet base width for random init.')
+_SEED = flags.DEFINE_integer('seed', C.seed, 'Seed of random init, query drawing, synthetic data.')
+_STAGE = flags.DEFINE_string('stage', C.stage, 'Feature stage: features (pooled layer4), '
                              'layer1..layer4 (globally average-pooled).')
-_METRICS = flags.DEFINE_list('metrics', ['cosine'],
+_METRICS = flags.DEFINE_list('metrics', list(C.metrics),
                              'Distances: euclidean, sqeuclidean, manhattan, cosine, modified.')
-_FUSION = flags.DEFINE_enum('fusion', 'sum', ['sum', 'mean_feature', 'min'],
+_FUSION = flags.DEFINE_enum('fusion', C.fusion, list(distances.FUSIONS),
                             'How the distances to several references of a query are combined.')
-_K = flags.DEFINE_integer('k', 0, 'Write only the top k of each ranking (0: the full order).')
-_HEIGHT = flags.DEFINE_integer('height', 224, 'Network input height.')
-_WIDTH = flags.DEFINE_integer('width', 224, 'Network input width.')
-_COMPOSITION = flags.DEFINE_string('composition', 'B-B-B',
+_K = flags.DEFINE_integer('k', C.k, 'Write only the top k of each ranking (0: the full order).')
+_HEIGHT = flags.DEFINE_integer('height', C.height, 'Network input height.')
+_WIDTH = flags.DEFINE_integer('width', C.width, 'Network input width.')
+_COMPOSITION = flags.DEFINE_string('composition', C.composition,
                                    'Channel composition of the greyscale image, e.g. B-H-N.')
-_POLICY = flags.DEFINE_enum('policy', 'pad', ['pad', 'squish'],
+_POLICY = flags.DEFINE_enum('policy', C.policy, ['pad', 'squish'],
                             'pad keeps each image\'s aspect ratio; squish stretches it.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per extraction step (all devices).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', C.batch_size, 'Images per extraction step (all devices).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None,
                                  'Feature cache root (default: <out_dir>/feature_cache).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder.')
 _RESULTS_DB = flags.DEFINE_string('results_db', None,
                                   'SQLite results store (default: <out_dir>/results.sqlite).')
-_PRECISION_AT = flags.DEFINE_list('precision_at', ['1', '5', '10'], 'k values of precision@k.')
-_RECALL_LEVELS = flags.DEFINE_list('recall_levels', ['0.5', '1.0'],
+_PRECISION_AT = flags.DEFINE_list('precision_at', list(map(str, C.precision_at)), 'k values of precision@k.')
+_RECALL_LEVELS = flags.DEFINE_list('recall_levels', list(map(str, C.recall_levels)),
                                    'q values of inverse recall@q.')
-_HTML_TOP = flags.DEFINE_integer('html_top', 20, 'Results shown on each query\'s HTML page.')
-_NAME = flags.DEFINE_string('name', 'similarity', 'Run name in the results store.')
+_HTML_TOP = flags.DEFINE_integer('html_top', C.html_top, 'Results shown on each query\'s HTML page.')
+_NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
+
+_PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show progress while extracting features.')
 
 flags.mark_flag_as_required('out_dir')
-
-
-def _resolved_flags() -> str:
-  """This experiment's flags as a flag file (absl's own flags left out)."""
-  holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
-  lines = [flags.FLAGS[h.name].serialize() for h in holders]
-  return '\n'.join(line for line in lines if line) + '\n'
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = similarity.SimilarityConfig(
+  config = C(
       out_dir=_OUT_DIR.value, collection_dir=_COLLECTION_DIR.value, manifest=_MANIFEST.value,
-      fid300_dir=_FID300_DIR.value, synthetic_retrieval=_SYNTHETIC.value,
+      fid300_dir=_FID300_DIR.value, synthetic=_SYNTHETIC.value,
       synthetic_probes_per_model=_SYNTHETIC_PROBES.value, references=tuple(_REFERENCES.value),
       queries_per_class=_QUERIES_PER_CLASS.value,
       num_references=tuple(int(r) for r in _NUM_REFERENCES.value), weights=_WEIGHTS.value,
@@ -89,7 +87,7 @@ def main(argv):
       batch_size=_BATCH_SIZE.value, cache_dir=_CACHE_DIR.value, results_db=_RESULTS_DB.value,
       precision_at=tuple(int(k) for k in _PRECISION_AT.value),
       recall_levels=tuple(float(q) for q in _RECALL_LEVELS.value), html_top=_HTML_TOP.value,
-      name=_NAME.value, flags_text=_resolved_flags())
+      name=_NAME.value, progress=_PROGRESS.value)
   summary = similarity.run_similarity(config)
   cmc = summary.get('cmc')
   print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '

@@ -241,10 +241,10 @@ def resize_pillow(image: np.ndarray, height: int, width: int, method: str) -> np
   """Resizes a 2-D uint8 image with Pillow's own resampler: the fast exact host path.
 
   Gives the same bits as :func:`resize` (tests/test_resample.py checks that over random shapes)
-  in Pillow's C loops, which :func:`resize` transcribes into numpy: 1.5x faster for a 6000x2500
-  scan to 352x144 and 3x for 15000x7000 on a 2-core CPU, more when a new image size makes
-  :func:`resize` build its weight tables (kernels/bench_cache.py). :func:`resize` stays the
-  readable reference; this is what the cache builds with.
+  in Pillow's C loops, which :func:`resize` transcribes into numpy; Pillow's loops are faster,
+  the more so for large scans and for new image sizes (for which :func:`resize` builds its
+  weight tables; kernels/bench_cache.py). :func:`resize` stays the readable reference; this is
+  what the cache builds with.
 
   Args:
     image: (H, W) uint8 greyscale image.

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from fwjax import distances
+from fwjax.models import feature_model
 from fwjax.similarity import features
 
 try:
@@ -58,7 +59,7 @@ def _median_time(fn, repeats):
 def bench_extraction(num_images: int, height: int, width: int, batch_size: int,
                      files: int, workdir: pathlib.Path, repeats: int) -> dict:
   """Images/s of a full-width ResNet-50, model only and from PNG files."""
-  model = features.build_model(None, width=64, seed=0)
+  model = feature_model.build_model(None, width=64, seed=0)
   start = time.perf_counter()
   extractor = features.Extractor(model, 'features', height, width, batch_size)
   compile_s = time.perf_counter() - start

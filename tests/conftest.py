@@ -27,3 +27,32 @@ def shared_dir() -> pathlib.Path:
     pytest.fail(f'shared data not found at {path}: set FWJAX_SHARED to the folder that holds '
                 'data/fid300_dev and fixtures/resnet50_parity')
   return path
+
+
+def _assert_picture(path, *, min_size: tuple[int, int] = (64, 64), min_ink: float = 0.01,
+                    min_colours: int = 8):
+  """Checks that ``path`` is a PNG that shows something: not blank, not one flat colour.
+
+  ``ink`` is the share of pixels that differ clearly from the most common colour (the
+  background); a broken plot (an empty axis, a failed colour map) has almost none.
+  """
+  import numpy as np  # noqa: PLC0415 (kept out of module import: conftest runs before JAX setup)
+  from PIL import Image  # noqa: PLC0415
+  with Image.open(path) as image:
+    assert image.format == 'PNG', f'{path} is {image.format}, not PNG'
+    pixels = np.asarray(image.convert('RGB'), np.int16)
+  h, w, _ = pixels.shape
+  assert h >= min_size[0] and w >= min_size[1], f'{path} is only {w}x{h}'
+  flat = pixels.reshape(-1, 3)
+  colours, counts = np.unique(flat, axis=0, return_counts=True)
+  background = colours[np.argmax(counts)]
+  ink = float(np.mean(np.abs(flat - background).max(axis=1) > 32))
+  assert len(colours) >= min_colours, f'{path} has only {len(colours)} colours'
+  assert ink >= min_ink, f'{path} is nearly blank: {ink:.2%} of its pixels differ from background'
+  return pixels
+
+
+@pytest.fixture
+def assert_picture():
+  """``assert_picture(path, ...)`` checks a PNG is a real picture (see ``_assert_picture``)."""
+  return _assert_picture

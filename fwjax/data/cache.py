@@ -8,8 +8,8 @@ so all nine cost one pass over the originals.
 
 The resizing calls Pillow itself (:func:`fwjax.resample.resize_pillow`), not the numpy reference
 :func:`fwjax.resample.resize`: the two give the same bits (tests/test_resample.py checks it) and
-Pillow is faster on the host (1.5-3x on large scans), which leaves decoding as most of a build's
-time: about 80% for a 6000x2500 PNG (kernels/bench_cache.py measures both).
+Pillow is faster on the host, which leaves decoding as most of a build's time
+(kernels/bench_cache.py measures both).
 
 Layout of ``cache_dir``::
 
@@ -33,15 +33,13 @@ import json
 import os
 import pathlib
 import shutil
-import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
-from fwjax import descriptors
-from fwjax import resample
+from fwjax import descriptors, resample
+from fwjax import progress as progress_lib
 from fwjax.data import images as images_lib
 
 
@@ -66,25 +64,6 @@ def _resize_one(path: str, height: int, width: int, policy: str, methods: tuple[
                                                                            method)
     planes[method] = plane
   return planes
-
-
-class _Progress:
-  """A one-line counter: redrawn on a terminal, logged every 10% otherwise."""
-
-  def __init__(self, total: int, what: str):
-    self.total, self.what, self.done, self.start = total, what, 0, time.perf_counter()
-    self.tty = sys.stderr.isatty()
-    self.next_log = 0.1
-
-  def step(self) -> None:
-    self.done += 1
-    rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-    line = f'{self.what}: {self.done}/{self.total} ({rate:.1f} images/s)'
-    if self.tty:
-      print('\r' + line, end='' if self.done < self.total else '\n', file=sys.stderr, flush=True)
-    elif self.done >= self.next_log * self.total or self.done == self.total:
-      logging.info(line)
-      self.next_log += 0.1
 
 
 class ResizedCache:
@@ -204,7 +183,7 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
   logging.info('cache %s: %d images, %d reused, %d to resize to %dx%d (%s)', cache_dir,
                len(paths), len(paths) - len(todo), len(todo), height, width, policy)
   if todo:
-    progress = _Progress(len(todo), f'resizing into {cache_dir.name}')
+    progress = progress_lib.Progress(len(todo), f'resizing into {cache_dir.name}')
     workers = workers or min(os.cpu_count() or 1, 8)
     args = (height, width, policy, tuple(methods), max_pixels)
     if workers == 1 or len(todo) < 32:
@@ -212,7 +191,7 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
       for row, planes in zip(todo, results):
         for m in methods:
           arrays[m][row] = planes[m]
-        progress.step()
+        progress.update()
     else:
       # Threads, not processes: Pillow's decoders and resampler release the GIL, and
       # forking a process whose JAX runtime has started threads can deadlock.
@@ -223,7 +202,8 @@ def build_cache(examples: Sequence, cache_dir: str | os.PathLike, height: int, w
           planes = future.result()
           for m in methods:
             arrays[m][row] = planes[m]
-          progress.step()
+          progress.update()
+    progress.close()
   for array in arrays.values():
     array.flush()
   del arrays

@@ -18,6 +18,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from fwjax.data import cache as cache_lib
+from fwjax.data import manifest as manifest_lib
+from fwjax.data import synthetic
+from fwjax.descriptor.config import DescriptorConfig
 from fwjax.training import train
 
 
@@ -40,10 +44,8 @@ class DescriptorData:
   valid_images: Any
 
 
-def _examples(config: Any, out: pathlib.Path) -> list[Any]:
-  from fwjax.data import manifest as manifest_lib  # pylint: disable=import-outside-toplevel
+def _examples(config: DescriptorConfig, out: pathlib.Path) -> list[Any]:
   if config.synthetic > 0:
-    from fwjax.data import synthetic  # pylint: disable=import-outside-toplevel
     height, width = config.synthetic_size
     if not height or not width:  # originals larger than the network input, so resizing matters
       height, width = 2 * config.height, 2 * config.width
@@ -57,18 +59,16 @@ def _examples(config: Any, out: pathlib.Path) -> list[Any]:
                                     report_path=out / 'skipped_images.csv')
 
 
-def _cache_root(config: Any, out: pathlib.Path) -> pathlib.Path:
+def _cache_root(config: DescriptorConfig, out: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.cache_dir) if config.cache_dir else out / 'cache'
 
 
-def load(config: Any, out: pathlib.Path) -> DescriptorData:
+def load(config: DescriptorConfig, out: pathlib.Path) -> DescriptorData:
   """Builds (or reuses) the cache and the batches of a :class:`DescriptorConfig`.
 
   Raises:
     ValueError: too few images for one training batch, or an empty validation split.
   """
-  from fwjax.data import cache as cache_lib  # pylint: disable=import-outside-toplevel
-  from fwjax.data import manifest as manifest_lib  # pylint: disable=import-outside-toplevel
   examples = _examples(config, out)
   train_examples, valid_examples = manifest_lib.split_examples(
       examples, config.valid_fraction, config.split_seed)
@@ -126,7 +126,7 @@ def load(config: Any, out: pathlib.Path) -> DescriptorData:
       valid_images=lambda rows: np.asarray(cache.images(composition, valid_idx[np.asarray(rows)])))
 
 
-def _source_tag(config: Any) -> str:
+def _source_tag(config: DescriptorConfig) -> str:
   if config.synthetic > 0:
     return f'synthetic{config.synthetic}'
   return pathlib.Path(config.manifest).stem

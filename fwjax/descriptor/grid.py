@@ -27,16 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from fwjax.descriptor import job as descriptor_job
 from fwjax import store as store_lib
+from fwjax.descriptor import config as descriptor_config
+from fwjax.descriptor import job as descriptor_job
 
 GRID_AXES = ('composition', 'preprocess', 'resolution', 'loss', 'seed')
 
 
-def grid_configs(base: descriptor_job.DescriptorConfig, grid_dir: str, *,
+def grid_configs(base: descriptor_config.DescriptorConfig, grid_dir: str, *,
                  compositions: Sequence[str], preprocessing: Sequence[str],
                  resolutions: Sequence[tuple[int, int]], losses: Sequence[str],
-                 seeds: Sequence[int]) -> list[descriptor_job.DescriptorConfig]:
+                 seeds: Sequence[int]) -> list[descriptor_config.DescriptorConfig]:
   """Every configuration of the grid, each with its own run folder under ``grid_dir``."""
   configs = []
   for (h, w), loss, composition, preprocess, seed in itertools.product(
@@ -44,15 +45,15 @@ def grid_configs(base: descriptor_job.DescriptorConfig, grid_dir: str, *,
     name = f'{h}x{w}_{loss}_{composition}_{preprocess}_s{seed}'
     configs.append(dataclasses.replace(
         base, height=h, width=w, loss=loss, composition=composition, preprocess=preprocess,
-        seed=seed, name=name, out_dir=str(pathlib.Path(grid_dir) / name), flags_text=''))
+        seed=seed, name=name, out_dir=str(pathlib.Path(grid_dir) / name)))
   for config in configs:
-    descriptor_job.validate(config)
+    descriptor_config.validate(config)
   return configs
 
 
-def run_grid(configs: Sequence[descriptor_job.DescriptorConfig], results_db: str, *,
+def run_grid(configs: Sequence[descriptor_config.DescriptorConfig], results_db: str, *,
              max_runs: int | None = None, keep_going: bool = True,
-             run: Callable[[descriptor_job.DescriptorConfig], Any] = descriptor_job.run_descriptor,
+             run: Callable[[descriptor_config.DescriptorConfig], Any] = descriptor_job.run_descriptor,
              log: Callable[[str], None] = print) -> dict[str, list[str]]:
   """Runs the configurations not yet complete in the store.
 
@@ -72,7 +73,7 @@ def run_grid(configs: Sequence[descriptor_job.DescriptorConfig], results_db: str
   started = 0
   for i, config in enumerate(configs):
     config = dataclasses.replace(config, results_db=results_db)
-    if store.completed('descriptor', descriptor_job.config_key(config)) is not None:
+    if store.completed('descriptor', descriptor_config.config_key(config)) is not None:
       outcome['skipped'].append(config.name)
       continue
     if max_runs is not None and started >= max_runs:
@@ -94,10 +95,10 @@ def run_grid(configs: Sequence[descriptor_job.DescriptorConfig], results_db: str
 
 
 def _matching_runs(store: store_lib.ResultsStore,
-                   base: descriptor_job.DescriptorConfig) -> list[dict[str, Any]]:
+                   base: descriptor_config.DescriptorConfig) -> list[dict[str, Any]]:
   """Complete descriptor runs that differ from ``base`` only along the grid's axes."""
   fixed = {k: v for k, v in dataclasses.asdict(base).items()
-           if k not in descriptor_job._UNKEYED + ('height', 'width', 'composition', 'preprocess',
+           if k not in descriptor_config.UNKEYED + ('height', 'width', 'composition', 'preprocess',
                                                    'loss', 'seed')}
   fixed = _jsonable(fixed)
   rows = []
@@ -141,7 +142,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
   return '\n'.join(lines) + '\n'
 
 
-def tables(results_db: str, base: descriptor_job.DescriptorConfig, *,
+def tables(results_db: str, base: descriptor_config.DescriptorConfig, *,
            compositions: Sequence[str], preprocessing: Sequence[str],
            base_resolutions: tuple[str, str] = ('352x144', '224x224')) -> str:
   """The paper's Tables 3-8 (markdown) from the complete runs in the store matching ``base``."""

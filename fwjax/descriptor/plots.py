@@ -12,31 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-
-def precision_recall_curve(y_true: np.ndarray, y_score: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray]:
-  """Precision and recall at every distinct score threshold (highest first), ties grouped.
-
-  Args:
-    y_true: (N,) 0/1 labels with at least one positive.
-    y_score: (N,) scores.
-
-  Returns:
-    ``(precision, recall)``, each (T + 1,) with a leading point (precision 1, recall 0) so the
-    step curve starts at the top left, like sklearn's curve read backwards.
-  """
-  y_true = np.asarray(y_true).astype(bool)
-  y_score = np.asarray(y_score, np.float64)
-  if not y_true.any():
-    raise ValueError('a precision-recall curve needs at least one positive')
-  order = np.argsort(-y_score, kind='stable')
-  scores, hits = y_score[order], y_true[order]
-  tp = np.cumsum(hits)
-  # The last index of each group of tied scores: one threshold per distinct score.
-  ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
-  precision = tp[ends] / (ends + 1)
-  recall = tp[ends] / tp[-1]
-  return np.r_[1.0, precision], np.r_[0.0, recall]
+from fwjax.metrics import classification
 
 
 def pr_curves_png(y_true: np.ndarray, y_score: np.ndarray, codes: Sequence[str],
@@ -67,7 +43,7 @@ def pr_curves_png(y_true: np.ndarray, y_score: np.ndarray, codes: Sequence[str],
       continue
     positives = int(y_true[:, i].sum())
     if positives:
-      precision, recall = precision_recall_curve(y_true[:, i], y_score[:, i])
+      precision, recall = classification.precision_recall_curve(y_true[:, i], y_score[:, i])
       ax.step(recall, precision, where='post', color='tab:blue')
       ax.axhline(positives / len(y_true), color='grey', lw=0.8, ls='--')  # chance level
     else:

@@ -27,9 +27,9 @@ This module also holds the float64 numpy forms used for exact re-scoring.
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 METRICS = ('euclidean', 'sqeuclidean', 'manhattan', 'cosine', 'modified')
 FUSIONS = ('sum', 'mean_feature', 'min')
@@ -93,11 +93,10 @@ def _tree_sum(y: jax.Array) -> jax.Array:
 
 
 # One query's manhattan (:func:`_tree_sum`) stores its first tree levels, an eighth of the chunk,
-# between XLA fusions. On the CPU it runs about a quarter faster on chunks of up to ~192 MiB than
-# on larger ones (the intermediate then stays in the last-level cache, as we read it; malloc's
-# thresholds made no difference): 200,000 x 2048 items in pieces of 98-195 MiB took 89-116 ms
-# across runs, in pieces of 312 MiB or more 127-143 ms. The tree's bits do not depend on the
-# chunking, so pairwise and the streaming run it on pieces of at most this many bytes.
+# between XLA fusions. On the CPU it is faster on pieces small enough for that intermediate to
+# stay in the last-level cache (kernels/bench_distances.py; kernels/results/NOTES.md has the
+# measurements). The tree's bits do not depend on the chunking, so pairwise and the streaming
+# run it on pieces of at most this many bytes.
 ONE_QUERY_MANHATTAN_BYTES = 128 << 20
 
 
@@ -185,8 +184,8 @@ def _batched_product(q_row: jax.Array, x: jax.Array, block: int) -> jax.Array:
   XLA:CPU runs a batched dot as one matrix product per batch element, all of one shape and all
   handed to its thread pool at once (its DotThunk). So an item's value depends only on the block
   shape and its position in its block, as in the block loop, while every core streams items (a
-  loop body runs on one): about 15% faster than the loop for a large collection, at the
-  machine's memory bandwidth. ``C`` must be a multiple of ``block``: x is only reshaped, and a
+  loop body runs on one): faster than the loop for a large collection, at the machine's memory
+  bandwidth (kernels/bench_distances.py). ``C`` must be a multiple of ``block``: x is only reshaped, and a
   slice or pad of it would be a copy of the chunk.
   """
   size, dim = x.shape

@@ -14,10 +14,11 @@ import os
 from typing import Callable
 
 import jax
-from jax import lax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fwjax.distances import kernels as K
 

@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from fwjax.models import _torch_pickle
-from fwjax.models import resnet
+from fwjax.models import _torch_pickle, resnet
 
 UnsafeCheckpointError = _torch_pickle.UnsafeCheckpointError
 

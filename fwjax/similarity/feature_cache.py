@@ -24,15 +24,6 @@ import numpy as np
 _ASSEMBLE_CHUNK = 4096
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-  """Returns the sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 class FeatureCache:
   """The on-disk features of one configuration: append-only rows plus a content-hash index."""
 

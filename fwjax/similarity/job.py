@@ -34,10 +34,14 @@ from typing import Any
 import numpy as np
 
 from fwjax import distances
-from fwjax.similarity import features as features_lib
 from fwjax import metrics as metrics_lib
+from fwjax import runs
+from fwjax import store as store_lib
+from fwjax.data.retrieval_sets import RetrievalSet, load_retrieval_set
+from fwjax.models import feature_model
+from fwjax.similarity.config import SimilarityConfig, validate
+from fwjax.similarity import features as features_lib
 from fwjax.similarity import report as retrieval_report
-from fwjax.data.collections import Collection, load_collection
 
 CMC_PERCENTS = (1, 5, 10, 15, 20)
 # Published CMC on FID-300 (fractions of probes), drawn on the CMC plot of FID-300 runs.
@@ -45,60 +49,6 @@ PUBLISHED_FID300 = {
     'Kortylewski et al. 2014': {1: 0.147, 5: 0.307, 10: 0.397, 15: 0.433, 20: 0.467},
     'Kong et al. 2019': {1: 0.727, 5: 0.823},
 }
-
-
-@dataclasses.dataclass
-class SimilarityConfig:
-  """Everything a similarity run depends on (the entry point fills it from flags).
-
-  Exactly one collection source must be set: ``collection_dir``, ``manifest``, ``fid300_dir`` or
-  ``synthetic_retrieval`` (see ``fwjax.data.collections.load_collection``).
-  """
-  out_dir: str
-  collection_dir: str | None = None
-  manifest: str | None = None
-  fid300_dir: str | None = None
-  synthetic_retrieval: int = 0
-  synthetic_probes_per_model: int = 2
-  references: tuple[str, ...] = ()
-  queries_per_class: int = 1
-  num_references: tuple[int, ...] = (1,)
-  weights: str | None = None
-  random_width: int = 64
-  seed: int = 0
-  stage: str = 'features'
-  metrics: tuple[str, ...] = ('cosine',)
-  fusion: str = 'sum'
-  k: int = 0
-  height: int = 224
-  width: int = 224
-  composition: str = 'B-B-B'
-  policy: str = 'pad'
-  batch_size: int = 32
-  cache_dir: str | None = None
-  results_db: str | None = None
-  precision_at: tuple[int, ...] = (1, 5, 10)
-  recall_levels: tuple[float, ...] = (0.5, 1.0)
-  html_top: int = 20
-  name: str = 'similarity'
-  flags_text: str = ''
-  progress: bool = True
-
-
-def validate(config: SimilarityConfig) -> None:
-  """Raises ValueError naming the setting when the configuration cannot run."""
-  for metric in config.metrics:
-    if metric not in distances.METRICS:
-      raise ValueError(f'--metrics: unknown metric {metric!r}; valid: {", ".join(distances.METRICS)}')
-  if not config.metrics:
-    raise ValueError('--metrics: give at least one metric')
-  if config.fusion not in ('sum', 'mean_feature', 'min'):
-    raise ValueError(f"--fusion={config.fusion!r}; valid: 'sum', 'mean_feature', 'min'")
-  if not config.num_references or min(config.num_references) < 1:
-    raise ValueError(f'--num_references={config.num_references}: give counts >= 1')
-  if config.k < 0:
-    raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
-  features_lib.check_stage(config.stage)
 
 
 def score(relevance: np.ndarray, precision_at: Sequence[int] = (1, 5, 10),
@@ -132,12 +82,13 @@ def score(relevance: np.ndarray, precision_at: Sequence[int] = (1, 5, 10),
   return per_query, aggregated
 
 
-def _rank(queries: np.ndarray, items: np.ndarray, metric: str, fusion: str,
+def _rank(queries: np.ndarray, collection: distances.Collection, metric: str, fusion: str,
           k: int) -> tuple[np.ndarray, np.ndarray]:
   """(distances, order), (Q, k or N), best first."""
   if k:
-    return distances.topk(queries, items, k, metric=metric, fusion=fusion)
-  dist, order = distances.rank(queries, items, metric=metric, fusion=fusion)
+    dist, order = distances.topk(queries, collection, k, metric=metric, fusion=fusion)
+  else:
+    dist, order = distances.rank(queries, collection, metric=metric, fusion=fusion)
   return np.asarray(dist), np.asarray(order)
 
 
@@ -168,108 +119,151 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
     ValueError: a bad setting, an empty collection, or ``k`` larger than the collection.
     FileNotFoundError / ReferenceImageError: a reference image that cannot be read.
   """
-  from fwjax import store as store_lib  # pylint: disable=import-outside-toplevel
   validate(config)
   out_dir = pathlib.Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  if config.flags_text:
-    (out_dir / 'flags.txt').write_text(config.flags_text)
-  collection = load_collection(config, out_dir)
-  # Cheap checks first: no model is built for a run that cannot rank anything.
-  if not collection.items:
-    raise ValueError(f'the collection is empty: {collection.description}')
-  if config.k > len(collection.items):
-    raise ValueError(f'--k={config.k} is larger than the collection '
-                     f'({len(collection.items)} images)')
+  (out_dir / 'flags.txt').write_text(runs.flags_text(config))
+  retrieval = _load_retrieval_set(config, out_dir)
   timings: dict[str, dict[str, float]] = {}
+  model, extractor, timings['model_build'] = _build_extractor(config)
+  refs, items, timings['feature_extraction'] = _extract(config, out_dir, model, extractor,
+                                                        retrieval)
+  _write_indexes(out_dir, items, refs)
+  item_classes = None
+  if retrieval.classes is not None:
+    listed = {path: i for i, path in enumerate(retrieval.items)}
+    item_classes = np.asarray([retrieval.classes[listed[p]] for p in items.paths])
+  # Prepared once: every metric and reference count ranks against the same statistics.
+  collection = distances.Collection(items.features)
+  store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
+  features_text = (f'resnet50 {model.identity} stage={config.stage} {config.height}x{config.width}'
+                   f' {config.composition} {config.policy}')
+  results, curves = [], {}
+  for num_refs in config.num_references:
+    entries = _rank_and_report(config, out_dir, store, retrieval, refs, items, collection,
+                               item_classes, num_refs, timings, features_text)
+    for entry in entries:
+      if '_curves' in entry:
+        metric, r = entry['metric'], entry['num_references']
+        curves[f'{metric}, {r} ref' + ('s' if r > 1 else '')] = entry.pop('_curves')
+    results += entries
+  if curves:
+    published = PUBLISHED_FID300 if retrieval.is_fid300 else None
+    retrieval_report.plot_cmc(out_dir / 'cmc.png', {k: c for k, (c, _) in curves.items()},
+                              published=published)
+    retrieval_report.plot_inverse_recall(out_dir / 'inverse_recall.png',
+                                         {k: ir for k, (_, ir) in curves.items()})
+  summary = dict(results[0])
+  summary.update(features=features_text, num_items=len(items.paths), timings=timings,
+                 skipped=[{'path': str(p), 'reason': r} for p, r in items.skipped],
+                 collection=retrieval.description, results=results)
+  (out_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
+  return summary
 
+
+def _load_retrieval_set(config: SimilarityConfig, out_dir: pathlib.Path) -> RetrievalSet:
+  """The retrieval set, with the cheap checks done before any model is built."""
+  retrieval = load_retrieval_set(
+      out_dir, collection_dir=config.collection_dir, manifest_path=config.manifest,
+      fid300_dir=config.fid300_dir, synthetic=config.synthetic,
+      synthetic_probes_per_model=config.synthetic_probes_per_model,
+      references=config.references, num_references=config.num_references,
+      queries_per_class=config.queries_per_class, seed=config.seed)
+  if not retrieval.items:
+    raise ValueError(f'the collection is empty: {retrieval.description}')
+  if config.k > len(retrieval.items):
+    raise ValueError(f'--k={config.k} is larger than the collection '
+                     f'({len(retrieval.items)} images)')
+  for num_refs in config.num_references:
+    if not retrieval.queries(num_refs):
+      raise ValueError(f'no query has {num_refs} reference images ({retrieval.description})')
+  return retrieval
+
+
+def _build_extractor(config: SimilarityConfig
+                     ) -> tuple[feature_model.FeatureModel, features_lib.Extractor,
+                                dict[str, float]]:
+  """The model and its compiled extractor, with the thesis's model-build timing."""
   start = time.perf_counter()
-  model = features_lib.build_model(config.weights, width=config.random_width, seed=config.seed)
+  model = feature_model.build_model(config.weights, width=config.random_width, seed=config.seed)
   loaded = time.perf_counter()
   # Compiled once per process for these weights and shapes (a second run in a notebook or grid
-  # reports the compile it did not need: about 0 s).
+  # reports no compile time).
   extractor = features_lib.cached_extractor(model, config.stage, config.height, config.width,
                                             config.batch_size)
-  timings['model_build'] = {'seconds': time.perf_counter() - start,
+  return model, extractor, {'seconds': time.perf_counter() - start,
                             'load_seconds': loaded - start,
                             'compile_seconds': time.perf_counter() - loaded}
+
+
+def _extract(config: SimilarityConfig, out_dir: pathlib.Path, model: feature_model.FeatureModel,
+             extractor: features_lib.Extractor, retrieval: RetrievalSet
+             ) -> tuple[features_lib.FeatureSet, features_lib.FeatureSet, dict[str, float]]:
+  """Features of the references and of the collection (from the cache where it has them)."""
   feature_args = dict(stage=config.stage, height=config.height, width=config.width,
                       composition=config.composition, policy=config.policy,
                       batch_size=config.batch_size, extractor=extractor,
                       cache_dir=config.cache_dir or out_dir / 'feature_cache',
                       progress=config.progress)
-  refs = collection.reference_paths()
-  ref_set = features_lib.extract_features(model, refs,
-                                          out_path=out_dir / 'features' / 'references.npy',
-                                          **feature_args)
-  if ref_set.skipped:
-    path, reason = ref_set.skipped[0]
+  ref_paths = retrieval.reference_paths()
+  refs = features_lib.extract_features(model, ref_paths,
+                                       out_path=out_dir / 'features' / 'references.npy',
+                                       **feature_args)
+  if refs.skipped:
+    path, reason = refs.skipped[0]
     raise ReferenceImageError(f'reference image cannot be read: {path}: {reason} '
-                              f'({len(ref_set.skipped)} unreadable reference(s) in all)')
-  items = features_lib.extract_features(model, collection.items,
+                              f'({len(refs.skipped)} unreadable reference(s) in all)')
+  items = features_lib.extract_features(model, retrieval.items,
                                         out_path=out_dir / 'features' / 'collection.npy',
                                         **feature_args)
-  extracted = ref_set.num_extracted + items.num_extracted
-  seconds = ref_set.extract_seconds + items.extract_seconds
-  timings['feature_extraction'] = {
-      'seconds': seconds, 'images_extracted': extracted,
-      'images_from_cache': len(refs) + len(items.paths) - extracted,
-      'seconds_per_10000_images': seconds / extracted * 1e4 if extracted else math.nan}
   if not items.paths:
-    raise ValueError(f'the collection is empty: {len(collection.items)} image(s) listed, '
+    raise ValueError(f'the collection is empty: {len(retrieval.items)} image(s) listed, '
                      f'{len(items.skipped)} unreadable' + (
                          f' (first: {items.skipped[0][0]}: {items.skipped[0][1]})'
                          if items.skipped else ''))
-  num_items = len(items.paths)
-  if config.k > num_items:
-    raise ValueError(f'--k={config.k} is larger than the collection ({num_items} readable images)')
-  ref_row = {path: i for i, path in enumerate(ref_set.paths)}
-  kept = {path: i for i, path in enumerate(collection.items)}
-  item_classes = None
-  if collection.classes is not None:
-    item_classes = np.asarray([collection.classes[kept[p]] for p in items.paths])
-  for name, paths in (('collection', items.paths), ('references', ref_set.paths)):
-    with open(out_dir / f'{name}.csv', 'w', newline='') as f:  # row i of features/<name>.npy
+  if config.k > len(items.paths):
+    raise ValueError(f'--k={config.k} is larger than the collection '
+                     f'({len(items.paths)} readable images)')
+  extracted = refs.num_extracted + items.num_extracted
+  seconds = refs.extract_seconds + items.extract_seconds
+  return refs, items, {
+      'seconds': seconds, 'images_extracted': extracted,
+      'images_from_cache': len(ref_paths) + len(items.paths) - extracted,
+      'seconds_per_10000_images': seconds / extracted * 1e4 if extracted else math.nan}
+
+
+def _write_indexes(out_dir: pathlib.Path, items: features_lib.FeatureSet,
+                   refs: features_lib.FeatureSet) -> None:
+  """collection.csv and references.csv: row i names the image of features/<name>.npy row i."""
+  for name, paths in (('collection', items.paths), ('references', refs.paths)):
+    with open(out_dir / f'{name}.csv', 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(['index', 'path'])
       writer.writerows((i, str(p)) for i, p in enumerate(paths))
 
-  store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
-  features_text = (f'resnet50 {model.identity} stage={config.stage} {config.height}x{config.width}'
-                   f' {config.composition} {config.policy}')
-  results, curves_cmc, curves_ir = [], {}, {}
-  for num_refs in config.num_references:
-    queries = collection.queries(num_refs)
-    if not queries:
-      raise ValueError(f'no query has {num_refs} reference images ({collection.description})')
-    query_feats = np.stack([ref_set.features[[ref_row[p] for p in q.references]]
-                            for q in queries])
-    query_feats = query_feats[:, 0] if num_refs == 1 else query_feats
-    # Scores need every relevant item's rank, so with ground truth the full order is computed
-    # and --k only shortens the lists written; without it, --k ranks only the top k (cheaper).
-    top = 0 if item_classes is not None else config.k
-    ranked = {}
-    for metric in config.metrics:
-      start = time.perf_counter()
-      ranked[metric] = _rank(query_feats, items.features, metric, config.fusion, top)
-      ranked[metric] += (time.perf_counter() - start,)
-    for metric in config.metrics:
-      entry = _report_one(config, out_dir, store, collection, queries, query_feats, items,
-                          item_classes, ranked, metric, num_refs, timings, features_text)
-      results.append(entry)
-      if 'cmc' in entry:
-        label = f'{metric}, {num_refs} ref' + ('s' if num_refs > 1 else '')
-        curves_cmc[label], curves_ir[label] = entry.pop('_curves')
-  summary = dict(results[0])
-  summary.update(features=features_text, num_items=num_items, timings=timings,
-                 skipped=[{'path': str(p), 'reason': r} for p, r in items.skipped],
-                 collection=collection.description, results=results)
-  if curves_cmc:
-    published = PUBLISHED_FID300 if collection.is_fid300 else None
-    retrieval_report.plot_cmc(out_dir / 'cmc.png', curves_cmc, published=published)
-    retrieval_report.plot_inverse_recall(out_dir / 'inverse_recall.png', curves_ir)
-  (out_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
-  return summary
+
+def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
+                     store: store_lib.ResultsStore, retrieval: RetrievalSet,
+                     refs: features_lib.FeatureSet, items: features_lib.FeatureSet,
+                     collection: distances.Collection, item_classes: np.ndarray | None,
+                     num_refs: int, timings: dict[str, dict[str, float]],
+                     features_text: str) -> list[dict[str, Any]]:
+  """Ranks the queries of one reference count with every metric; one result entry per metric."""
+  queries = retrieval.queries(num_refs)
+  ref_row = {path: i for i, path in enumerate(refs.paths)}
+  query_feats = np.stack([refs.features[[ref_row[p] for p in q.references]] for q in queries])
+  query_feats = query_feats[:, 0] if num_refs == 1 else query_feats
+  # Scores need every relevant item's rank, so with ground truth the full order is computed
+  # and --k only shortens the lists written; without it, --k ranks only the top k (cheaper).
+  top = 0 if item_classes is not None else config.k
+  ranked = {}
+  for metric in config.metrics:
+    start = time.perf_counter()
+    ranked[metric] = _rank(query_feats, collection, metric, config.fusion, top)
+    ranked[metric] += (time.perf_counter() - start,)
+  return [_report_one(config, out_dir, store, retrieval, queries, query_feats, items,
+                      item_classes, ranked, metric, num_refs, timings, features_text)
+          for metric in config.metrics]
 
 
 class ReferenceImageError(ValueError):
@@ -277,7 +271,7 @@ class ReferenceImageError(ValueError):
 
 
 def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
-                collection: Collection, queries: list[Any], query_feats: np.ndarray,
+                collection: RetrievalSet, queries: list[Any], query_feats: np.ndarray,
                 items: features_lib.FeatureSet, item_classes: np.ndarray | None,
                 ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
                 num_refs: int, timings: dict[str, dict[str, float]],
@@ -289,7 +283,7 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
                            'fusion': config.fusion, 'num_queries': len(queries),
                            'distance_seconds': seconds}
   key_fields = dict(dataclasses.asdict(config), metric=metric, num_references=num_refs)
-  for unkeyed in ('out_dir', 'flags_text', 'progress', 'results_db', 'cache_dir', 'metrics'):
+  for unkeyed in ('out_dir', 'progress', 'results_db', 'cache_dir', 'metrics'):
     key_fields.pop(unkeyed)
   config_key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode())
   run_id = store.start_run(kind='similarity', name=f'{config.name}:{metric}:R{num_refs}',
@@ -312,7 +306,7 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
         entry['cmc'] = {f'{p:g}': aggregated[f'cmc@{p:g}'] for p in CMC_PERCENTS}
         levels = np.linspace(0.01, 1.0, 100)
         mean_ir = [float(np.mean(metrics_lib.inverse_recall_at_q(relevance, q))) for q in levels]
-        entry['_curves'] = (retrieval_report.cmc_curve(np.argmax(relevance, axis=1), num_items),
+        entry['_curves'] = (metrics_lib.cmc_curve(metrics_lib.first_relevant_rank(relevance), num_items),
                             (levels, np.asarray(mean_ir)))
         store.log_metrics(run_id, 0, {n: v for n, v in entry.items() if isinstance(v, float)})
     for row, i in enumerate(scored):
@@ -332,7 +326,7 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
   return entry
 
 
-def _write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: Collection,
+def _write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: RetrievalSet,
                     queries: list[Any], query_feats: np.ndarray, items: features_lib.FeatureSet,
                     item_classes: np.ndarray | None,
                     ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,

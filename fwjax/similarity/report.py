@@ -2,7 +2,8 @@
 
 Each page is self-contained (thumbnails are inline base64 PNGs), so it can be copied off the
 machine that ran the ranking, attached to a case file, or opened from a USB stick without the
-collection beside it. Plots are drawn with matplotlib's Agg backend (no display needed).
+collection beside it. Plots are built as ``matplotlib.figure.Figure`` objects (no pyplot: no
+display, and the user's matplotlib backend is never changed).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import html
 import io
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 # Thumbnails are decoded from the originals (up to 100 Mpx scans): the cap keeps a page with 50
@@ -147,33 +148,6 @@ def query_page(
   return out_path
 
 
-def _pyplot() -> Any:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')  # headless servers: never try to open a window
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
-def cmc_curve(first_relevant_rank: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-  """Returns the full CMC curve: (percent of the collection, share of queries matched).
-
-  Args:
-    first_relevant_rank: (Q,) 0-based rank of each query's first relevant item (-1 or >= N when
-      the query has none in the ranking).
-    num_items: N, the collection size.
-
-  Returns:
-    ``(percent, fraction)`` with percent ``100 * n / N`` for n = 1..N and fraction the share of
-    queries whose first relevant item is within the top n.
-  """
-  ranks = np.asarray(first_relevant_rank)
-  found = ranks[(ranks >= 0) & (ranks < num_items)]
-  counts = np.bincount(found, minlength=num_items)[:num_items]
-  fraction = np.cumsum(counts) / max(len(ranks), 1)
-  percent = 100.0 * np.arange(1, num_items + 1) / num_items
-  return percent, fraction
-
-
 def plot_cmc(out_path: str | pathlib.Path,
              curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
              *, published: Mapping[str, Mapping[float, float]] | None = None,
@@ -182,7 +156,7 @@ def plot_cmc(out_path: str | pathlib.Path,
 
   Args:
     out_path: the .png to write.
-    curves: label -> (percent, fraction), e.g. from ``cmc_curve``.
+    curves: label -> (percent, fraction), e.g. from ``fwjax.metrics.cmc_curve``.
     published: optional label -> {percent: fraction} points from the literature, drawn as markers
       so a run can be read against them.
     title: plot title.
@@ -190,8 +164,8 @@ def plot_cmc(out_path: str | pathlib.Path,
   Returns:
     The path written.
   """
-  plt = _pyplot()
-  figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
+  figure = Figure(figsize=(6, 4.5), dpi=100)
+  axes = figure.add_subplot()
   for label, (percent, fraction) in curves.items():
     axes.plot(percent, 100 * np.asarray(fraction), label=label)
   for label, points in (published or {}).items():
@@ -204,7 +178,7 @@ def plot_cmc(out_path: str | pathlib.Path,
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8)
-  return _save(figure, plt, out_path)
+  return _save(figure, out_path)
 
 
 def plot_inverse_recall(out_path: str | pathlib.Path,
@@ -220,8 +194,8 @@ def plot_inverse_recall(out_path: str | pathlib.Path,
   Returns:
     The path written.
   """
-  plt = _pyplot()
-  figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
+  figure = Figure(figsize=(6, 4.5), dpi=100)
+  axes = figure.add_subplot()
   for label, (levels, values) in curves.items():
     axes.plot(levels, values, label=label)
   axes.plot([0, 1], [0, 1], color='grey', linestyle=':', label='random order')
@@ -232,13 +206,12 @@ def plot_inverse_recall(out_path: str | pathlib.Path,
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8)
-  return _save(figure, plt, out_path)
+  return _save(figure, out_path)
 
 
-def _save(figure: Any, plt: Any, out_path: str | pathlib.Path) -> pathlib.Path:
+def _save(figure: Figure, out_path: str | pathlib.Path) -> pathlib.Path:
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   figure.tight_layout()
   figure.savefig(out_path)
-  plt.close(figure)
   return out_path

@@ -47,6 +47,12 @@ WEIGHT_DECAY = 0.1
 PCT_START, DIV, FINAL_DIV = 0.25, 25.0, 1e5
 
 
+PHASE1_LR = 1e-3
+"""The paper's phase 1 peak learning rate (fastai ``fit_one_cycle(10, 1e-3)``): the one default."""
+PHASE2_LRS = (1e-6, 1e-4)
+"""The paper's phase 2 peak learning rates of the first and last group (``slice(1e-6, 1e-4)``)."""
+
+
 def one_cycle(total_steps: int, peak: float, *, pct_start: float = PCT_START, div: float = DIV,
               final_div: float = FINAL_DIV) -> Callable[[int], float]:
   """fastai's one-cycle learning rate: cosine warm-up then cosine annealing.
@@ -199,8 +205,8 @@ class PhasePlan:
     return tuple(label for label, peak in self.peaks.items() if peak == 0)
 
 
-def phase_plan(phase: int, total_steps: int, *, phase1_lr: float = 1e-3,
-               phase2_lrs: tuple[float, float] = (1e-6, 1e-4), schedule: str = 'one_cycle',
+def phase_plan(phase: int, total_steps: int, *, phase1_lr: float = PHASE1_LR,
+               phase2_lrs: tuple[float, float] = PHASE2_LRS, schedule: str = 'one_cycle',
                pct_start: float = PCT_START, div: float = DIV,
                final_div: float = FINAL_DIV) -> PhasePlan:
   """The paper's learning rates for phase 1 or 2 (see the module docstring).

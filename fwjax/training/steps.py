@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -236,6 +237,5 @@ def gather(x: jax.Array) -> np.ndarray:
   """A sharded array as one host numpy array (every process gets the whole array)."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 

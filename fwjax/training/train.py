@@ -40,10 +40,10 @@ import orbax.checkpoint as ocp
 
 from fwjax import augment as augment_lib
 from fwjax import descriptors
-from fwjax.training import losses as losses_lib
-from fwjax.training import optim
+from fwjax import metrics as metrics_lib
 from fwjax import progress as progress_lib
-from fwjax.training import steps
+from fwjax.training import losses as losses_lib
+from fwjax.training import optim, steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -73,8 +73,8 @@ class FitConfig:
   """
   epochs_phase1: int = 10
   epochs_phase2: int = 40
-  phase1_lr: float = 1e-3
-  phase2_lrs: tuple[float, float] = (1e-6, 1e-4)
+  phase1_lr: float = optim.PHASE1_LR
+  phase2_lrs: tuple[float, float] = optim.PHASE2_LRS
   schedule: str = 'one_cycle'
   weight_decay: float = optim.WEIGHT_DECAY
   seed: int = 0
@@ -230,7 +230,6 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray,
   A label without positives in the validation set has no AP (NaN) and is left out of the macro
   mean; ``num_labels_without_positives`` says how many were left out.
   """
-  from fwjax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
   per_label = np.asarray(metrics_lib.average_precision(labels, scores, average=None), np.float64)
   defined = ~np.isnan(per_label)
@@ -238,7 +237,7 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray,
            else tuple(str(i) for i in range(labels.shape[1])))
   return {
       'valid_loss': float(loss(jnp.asarray(logits), jnp.asarray(labels))),
-      'macro_prauc': float(per_label[defined].mean()) if defined.any() else float('nan'),
+      'macro_prauc': metrics_lib.macro_average(per_label),
       'per_label_ap': dict(zip(codes, map(float, per_label))),
       'num_labels_without_positives': int((~defined).sum()),
   }

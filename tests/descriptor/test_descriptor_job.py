@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from PIL import Image
+from sklearn.metrics import average_precision_score
 
+from fwjax.descriptor import config as descriptor_config
 from fwjax.descriptor import job as descriptor_job
 from fwjax import descriptors
 from fwjax import store as store_lib
@@ -22,10 +24,10 @@ def _config(tmp_path, **kwargs):
                 width_multiplier=0.125, stage_sizes=(1, 1, 1, 1), num_gradcam=2, progress=False,
                 cache_dir=str(tmp_path / 'cache'))
   fields.update(kwargs)
-  return descriptor_job.DescriptorConfig(**fields)
+  return descriptor_config.DescriptorConfig(**fields)
 
 
-def test_tiny_run_writes_every_output(tmp_path):
+def test_tiny_run_writes_every_output(tmp_path, assert_picture):
   # With augmentation on, so the on-device transforms run inside the real job too.
   config = _config(tmp_path, augment_flip=True, augment_rotation=5.0, augment_shift=0.05)
   summary = descriptor_job.run_descriptor(config)
@@ -44,16 +46,27 @@ def test_tiny_run_writes_every_output(tmp_path):
   assert [r['epoch'] for r in records] == [1, 2] and [r['phase'] for r in records] == [1, 2]
   with open(out / 'per_label_ap.csv') as f:
     assert [row['code'] for row in csv.DictReader(f)] == list(descriptors.CODES)
-  assert '**macro**' in (out / 'per_label_ap.md').read_text()
+  # The reported APs are sklearn's AP of the written predictions (an independent computation).
+  with open(out / 'predictions.csv') as f:
+    predictions = list(csv.DictReader(f))
+  truth = np.array([[code in row['labels'].split() for code in descriptors.CODES]
+                    for row in predictions])
+  scores = np.array([[float(row[code]) for code in descriptors.CODES] for row in predictions])
+  expected = {code: average_precision_score(truth[:, i], scores[:, i])
+              for i, code in enumerate(descriptors.CODES) if truth[:, i].any()}
+  for code, value in expected.items():
+    assert on_disk['per_label_ap'][code] == pytest.approx(value, abs=1e-4), code
+  macro = sum(expected.values()) / len(expected)
+  assert on_disk['macro_prauc'] == pytest.approx(macro, abs=1e-4)
+  assert f'| **macro** | | **{on_disk["macro_prauc"]:.4f}** |' in (
+      out / 'per_label_ap.md').read_text()
   with open(out / 'confusion.csv') as f:
     rows = list(csv.reader(f))
   assert len(rows) == 18 and all(len(r) == 18 for r in rows)
-  with open(out / 'predictions.csv') as f:
-    predictions = list(csv.DictReader(f))
   assert len(predictions) == summary['num_valid']
   assert all(0 <= float(p['D01']) <= 1 for p in predictions)
   for png in ('confusion.png', 'pr_curves.png', *summary['gradcam']):
-    assert Image.open(out / png).format == 'PNG'
+    assert_picture(out / png, min_size=(32, 32))
   assert len(summary['gradcam']) == 2
   assert (out / 'checkpoints' / 'last').is_dir() and (out / 'checkpoints' / 'best').is_dir()
   assert '--synthetic=40' in (out / 'flags.txt').read_text()
@@ -61,7 +74,7 @@ def test_tiny_run_writes_every_output(tmp_path):
 
   store = store_lib.ResultsStore(out / 'results.sqlite')
   (run,) = store.runs(kind='descriptor')
-  assert run['status'] == 'complete' and run['config_key'] == descriptor_job.config_key(config)
+  assert run['status'] == 'complete' and run['config_key'] == descriptor_config.config_key(config)
   assert store.completed('descriptor', run['config_key']) == run['run_id']
   assert [k for k, _, _ in store.values(run['run_id'], 'per_label')][::2] == list(descriptors.CODES)
   assert [s for s, n, _ in store.metrics(run['run_id']) if n == 'macro_prauc'] == [1, 2]
@@ -74,16 +87,16 @@ def test_tiny_run_writes_every_output(tmp_path):
 
 def test_bad_configurations_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match='exactly one data source'):
-    descriptor_job.validate(_config(tmp_path, synthetic=0))
+    descriptor_config.validate(_config(tmp_path, synthetic=0))
   with pytest.raises(ValueError, match='--loss'):
-    descriptor_job.validate(_config(tmp_path, loss='focal'))
+    descriptor_config.validate(_config(tmp_path, loss='focal'))
   with pytest.raises(ValueError, match='width_multiplier=1'):
-    descriptor_job.validate(_config(tmp_path, stage_sizes=(3, 4, 6, 3),
-                                    pretrained=str(tmp_path / 'config.py')))
+    descriptor_config.validate(_config(tmp_path, stage_sizes=(3, 4, 6, 3),
+                                    weights=str(tmp_path / 'config.py')))
   with pytest.raises(ValueError, match='--augment_rotation/--augment_shift: max_shift'):
-    descriptor_job.validate(_config(tmp_path, augment_shift=2.0))
+    descriptor_config.validate(_config(tmp_path, augment_shift=2.0))
   with pytest.raises(ValueError, match='--valid_fraction'):
-    descriptor_job.validate(_config(tmp_path, valid_fraction=1.0))
+    descriptor_config.validate(_config(tmp_path, valid_fraction=1.0))
 
 
 def test_entry_point_requires_out_dir():

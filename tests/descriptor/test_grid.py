@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from fwjax.descriptor import job as descriptor_job
+from fwjax.descriptor import config as descriptor_config
 from fwjax.descriptor import grid
 from fwjax import store as store_lib
 
-BASE = descriptor_job.DescriptorConfig(out_dir='unused', synthetic=64, epochs_phase1=1,
+BASE = descriptor_config.DescriptorConfig(out_dir='unused', synthetic=64, epochs_phase1=1,
                                        epochs_phase2=1, width_multiplier=0.125)
 
 
@@ -23,9 +23,8 @@ def _fake_prauc(config):
 def _fake_run(config):
   store = store_lib.ResultsStore(config.results_db)
   run_id = store.start_run('descriptor', config.name,
-                           {k: v for k, v in dataclasses.asdict(config).items()
-                            if k != 'flags_text'},
-                           descriptor_job.config_key(config), config.out_dir)
+                           dataclasses.asdict(config),
+                           descriptor_config.config_key(config), config.out_dir)
   store.finish_run(run_id, {'macro_prauc': _fake_prauc(config)})
 
 
@@ -39,7 +38,7 @@ def _configs(tmp_path):
 def test_grid_product_and_restart(tmp_path):
   configs = _configs(tmp_path)
   assert len(configs) == 2 * 2 * 2 * 2 * 2
-  assert len({descriptor_job.config_key(c) for c in configs}) == len(configs)
+  assert len({descriptor_config.config_key(c) for c in configs}) == len(configs)
   assert len({c.out_dir for c in configs}) == len(configs)
   db = str(tmp_path / 'results.sqlite')
   ran = []

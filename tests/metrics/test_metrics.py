@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import average_precision_score
+from sklearn.metrics import precision_recall_curve as sk_curve
 
 from fwjax import descriptors, metrics
+from fwjax.metrics import classification
 
 
 def _sklearn_per_label(y, s):
@@ -47,8 +49,8 @@ def test_host_and_device_scans_agree_with_sklearn(n, decimals):
   y[:, 0] = False
   s = rng.normal(size=(n, 5))
   s = (s if decimals is None else np.round(s, decimals)).astype(np.float32)
-  host, host_pos = metrics._ap_sums(y, s, host_scan=True)
-  device, device_pos = metrics._ap_sums(y, s, host_scan=False)
+  host, host_pos = classification._ap_sums(y, s, host_scan=True)
+  device, device_pos = classification._ap_sums(y, s, host_scan=False)
   np.testing.assert_array_equal(host_pos, y.sum(axis=0))
   np.testing.assert_array_equal(device_pos, y.sum(axis=0))
   expected = np.nan_to_num(_sklearn_per_label(y, s)[1:]) * y.sum(axis=0)[1:]  # no positive: 0
@@ -267,3 +269,28 @@ def test_relevance_from_order_and_queries_without_relevant_items():
     metrics.cmc(np.array([[True, False], [False, False]]))
   with pytest.raises(ValueError, match='k must be in 1..2'):
     metrics.precision_at_k(rel[:, :2], 3)
+
+
+def test_cmc_curve_counts_one_based_ranks_and_agrees_with_cmc():
+  ranks = np.array([1, 4, 4, 10, 0])  # the last query has no match in the ranking
+  percent, fraction = metrics.cmc_curve(ranks, num_items=10)
+  np.testing.assert_allclose(percent, np.arange(1, 11) * 10.0)
+  expected = [np.mean((ranks >= 1) & (ranks <= n)) for n in range(1, 11)]
+  np.testing.assert_allclose(fraction, expected)
+  at = metrics.cmc_from_first_ranks(ranks, 10, percents=(10, 40, 100))
+  for p, value in at.items():
+    assert fraction[metrics.ceil_share(p, 10) - 1] == value
+
+
+def test_precision_recall_curve_matches_sklearn():
+  rng = np.random.default_rng(0)
+  y = rng.random(200) < 0.3
+  scores = np.round(rng.random(200), 1)  # many ties
+  precision, recall = metrics.precision_recall_curve(y, scores)
+  sk_precision, sk_recall, _ = sk_curve(y, scores)
+  # sklearn lists thresholds from low to high and ends with (precision 1, recall 0).
+  np.testing.assert_allclose(precision, sk_precision[::-1])
+  np.testing.assert_allclose(recall, sk_recall[::-1])
+  # AP is the area under this step curve.
+  np.testing.assert_allclose(np.sum(np.diff(recall) * precision[1:]),
+                             average_precision_score(y, scores))

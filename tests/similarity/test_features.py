@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fwjax.models import feature_model
 from fwjax.similarity import features
 from fwjax import resample
 
@@ -17,7 +18,7 @@ HEIGHT, WIDTH = 64, 48
 
 @pytest.fixture(scope='module')
 def model():
-  return features.build_model(None, width=8, seed=0)
+  return feature_model.build_model(None, width=8, seed=0)
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +44,7 @@ def _reference_features(model, paths, stage='features', composition='B-B-B', pol
   images = np.stack([
       resample.compose(np.asarray(Image.open(p).convert('L')), composition, HEIGHT, WIDTH,
                        policy=policy) for p in paths]).astype(np.float32) / 255.0
-  x = (images - np.array(features.IMAGENET_MEAN)) / np.array(features.IMAGENET_STD)
+  x = (images - np.array(feature_model.IMAGENET_MEAN)) / np.array(feature_model.IMAGENET_STD)
   _, feats = jax.jit(lambda v, x: model.module.apply(v, x, train=False))(
       model.variables, jnp.asarray(x, jnp.float32))
   out = np.asarray(feats[stage])
@@ -74,7 +75,7 @@ def test_torchvision_weights_reproduce_pytorch_features(shared_dir):
   """End to end against PyTorch: B-H-N squished to 352x144, the fixture's pooled layer4."""
   fixture = shared_dir / 'fixtures' / 'resnet50_parity'
   expected = np.load(fixture / 'activations.npz')['shoeprint352x144/features'][0]
-  model = features.build_model(fixture / 'resnet50_w8_torchvision.safetensors')
+  model = feature_model.build_model(fixture / 'resnet50_w8_torchvision.safetensors')
   assert model.width == 8 and model.identity.startswith('sha256:')
   with jax.default_matmul_precision('float32'):
     result = features.extract_features(
@@ -143,16 +144,16 @@ def test_unknown_stage_and_settings_fail_clearly(tmp_path, model):
   with pytest.raises(features.FeatureError, match='composition'):
     features.extract_features(model, [], composition='X-Y-Z', progress=False)
   with pytest.raises(FileNotFoundError, match='nothing.pth'):
-    features.build_model(tmp_path / 'nothing.pth')
+    feature_model.build_model(tmp_path / 'nothing.pth')
   (tmp_path / 'weights.bin').write_bytes(b'123')
   with pytest.raises(features.FeatureError, match='unknown weights format'):
-    features.build_model(tmp_path / 'weights.bin')
+    feature_model.build_model(tmp_path / 'weights.bin')
 
 
 def test_random_init_is_deterministic_and_named():
-  a = features.build_model(None, width=8, seed=3)
-  b = features.build_model(None, width=8, seed=3)
-  c = features.build_model(None, width=8, seed=4)
+  a = feature_model.build_model(None, width=8, seed=3)
+  b = feature_model.build_model(None, width=8, seed=3)
+  c = feature_model.build_model(None, width=8, seed=4)
   assert a.identity == b.identity == 'random-seed-3-width-8' != c.identity
   leaves_a, leaves_c = jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(c.variables)
   assert all(np.array_equal(x, y) for x, y in zip(leaves_a, jax.tree_util.tree_leaves(b.variables)))
@@ -168,7 +169,7 @@ def test_descriptor_checkpoint_body_gives_the_same_features(tmp_path, model, ext
   tree = {'params': {'body': model.variables['params'], 'head': {'w': np.ones((3, 2))}},
           'batch_stats': {'body': model.variables['batch_stats']}}
   folder = checkpoint.save_variables(tmp_path / 'ckpt', tree)
-  loaded = features.build_model(folder)
+  loaded = feature_model.build_model(folder)
   assert loaded.width == 8 and loaded.identity.startswith('sha256:')
   paths = _write_images(tmp_path / 'imgs', 3)
   kwargs = dict(height=HEIGHT, width=WIDTH, batch_size=8, progress=False)

@@ -1,7 +1,6 @@
 """Data-parallel steps and the two-phase fit: 4 devices = 1 device, exact resume, NaN guard."""
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -14,7 +13,6 @@ import pytest
 
 from fwjax import augment as augment_lib
 from fwjax.training import losses
-from fwjax.training import optim
 from fwjax.training import steps
 from fwjax.training import train
 from fwjax import descriptors

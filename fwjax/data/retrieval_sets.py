@@ -1,6 +1,6 @@
 """Where a similarity run's collection, references and ground truth come from.
 
-Four sources, one shape (``Collection``): the images to rank, each one's class where known (the
+Four sources, one shape (:class:`RetrievalSet`): the images to rank, each one's class where known (the
 ground truth: an item is relevant to a query when it has the query's class), and the queries for
 each reference count R (R reference images fused into one query).
 
@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+
+from fwjax.data import fid300, manifest
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp', '.pgm')
 
@@ -40,7 +41,7 @@ class Query:
 
 
 @dataclasses.dataclass
-class Collection:
+class RetrievalSet:
   """Images to rank, their classes (or None), and the queries per reference count."""
   items: list[pathlib.Path]
   classes: list[str] | None
@@ -85,8 +86,7 @@ def _group_probes(probes: Sequence[tuple[str, pathlib.Path, str]],
   return query_sets, unused
 
 
-def _fid300(root: pathlib.Path, num_references: Sequence[int], name: str) -> Collection:
-  from fwjax.data import fid300  # pylint: disable=import-outside-toplevel
+def _fid300(root: pathlib.Path, num_references: Sequence[int], name: str) -> RetrievalSet:
   data = fid300.load_fid300(root)
   # Queries are named by their file (00001 for tracks_cropped/00001.jpg), classes by reference id.
   probes = [(pathlib.Path(path).stem, pathlib.Path(path), str(data.probe_to_reference[pid]))
@@ -94,7 +94,7 @@ def _fid300(root: pathlib.Path, num_references: Sequence[int], name: str) -> Col
   query_sets, unused = _group_probes(probes, num_references)
   left = ''.join(f'; R={r}: {n} probe(s) not in a full group of {r}'
                  for r, n in unused.items() if n)
-  return Collection(items=[pathlib.Path(p) for p in data.references],
+  return RetrievalSet(items=[pathlib.Path(p) for p in data.references],
                     classes=[str(i) for i in data.reference_ids], query_sets=query_sets,
                     description=f'{name} {root}: {len(data.references)} references, '
                                 f'{len(probes)} probes{left}',
@@ -130,44 +130,51 @@ def _explicit_queries(references: Sequence[str], root: pathlib.Path | None,
   return queries
 
 
-def load_collection(config: Any, work_dir: pathlib.Path) -> Collection:
-  """Builds the collection named by a ``SimilarityConfig``.
+def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = None,
+                       manifest_path: str | None = None, fid300_dir: str | None = None,
+                       synthetic: int = 0, synthetic_probes_per_model: int = 2,
+                       references: Sequence[str] = (), num_references: Sequence[int] = (1,),
+                       queries_per_class: int = 1, seed: int = 0) -> RetrievalSet:
+  """Builds the retrieval set named by a similarity run's settings (the flags of the same names).
 
   Args:
-    config: the run's ``SimilarityConfig`` (collection source, references, num_references, seed).
     work_dir: the run's output folder (the synthetic set is generated under it).
+    collection_dir, manifest_path, fid300_dir, synthetic: the source; exactly one is set
+      (``manifest_path`` is the ``--manifest`` flag).
+    synthetic_probes_per_model: probes per shoe model of the synthetic set.
+    references: reference files or folders (each one query).
+    num_references: reference counts R to build queries for.
+    queries_per_class: queries drawn per class of a class-folder collection.
+    seed: seed of the drawing and of the synthetic set.
 
   Returns:
-    The collection with its queries for every R in ``config.num_references``.
+    The retrieval set with its queries for every R in ``num_references``.
 
   Raises:
     ValueError: no source or several sources, or references that do not fit the source.
     FileNotFoundError: a folder, manifest or reference that does not exist.
   """
   sources = {name: value for name, value in (
-      ('collection_dir', config.collection_dir), ('manifest', config.manifest),
-      ('fid300_dir', config.fid300_dir), ('synthetic_retrieval', config.synthetic_retrieval))
-             if value}
+      ('collection_dir', collection_dir), ('manifest', manifest_path),
+      ('fid300_dir', fid300_dir), ('synthetic', synthetic)) if value}
   if len(sources) != 1:
     raise ValueError('give exactly one collection source: --collection_dir, --manifest, '
-                     f'--fid300_dir or --synthetic_retrieval (got {sorted(sources) or "none"})')
+                     f'--fid300_dir or --synthetic (got {sorted(sources) or "none"})')
   (source, value), = sources.items()
-  if source in ('fid300_dir', 'synthetic_retrieval'):
-    if config.references:
+  if source in ('fid300_dir', 'synthetic'):
+    if references:
       raise ValueError(f'--references cannot be combined with --{source}: its probes are the '
                        'references (every probe is ranked against the collection)')
     if source == 'fid300_dir':
       root = pathlib.Path(value).expanduser()
       if not root.is_dir():
         raise FileNotFoundError(f'--fid300_dir: no such folder: {root}')
-      return _fid300(root, config.num_references, 'FID-300')
-    from fwjax.data import synthetic  # pylint: disable=import-outside-toplevel
+      return _fid300(root, num_references, 'FID-300')
     root = synthetic.make_retrieval_set(work_dir / 'synthetic_retrieval', int(value),
-                                        config.synthetic_probes_per_model, seed=config.seed)
-    return _fid300(pathlib.Path(root), config.num_references, 'synthetic retrieval set')
+                                        synthetic_probes_per_model, seed=seed)
+    return _fid300(pathlib.Path(root), num_references, 'synthetic retrieval set')
 
   if source == 'manifest':
-    from fwjax.data import manifest  # pylint: disable=import-outside-toplevel
     csv_path = pathlib.Path(value).expanduser()
     if not csv_path.is_file():
       raise FileNotFoundError(f'--manifest: no such file: {csv_path}')
@@ -189,30 +196,30 @@ def load_collection(config: Any, work_dir: pathlib.Path) -> Collection:
           f' (manifest rows left out: {skipped_rows})'
           if source == 'manifest' and skipped_rows.exists() else '')
 
-  if config.references:
-    if tuple(config.num_references) != (1,):
+  if references:
+    if tuple(num_references) != (1,):
       raise ValueError('--num_references applies to queries drawn from a collection; with '
                        '--references, give a folder to fuse all of its images into one query')
-    queries = _explicit_queries(config.references, root, classes is not None)
+    queries = _explicit_queries(references, root, classes is not None)
     held = {f.resolve() for q in queries for f in q.references}
     keep = [i for i, p in enumerate(items) if p.resolve() not in held]
-    return Collection(items=[items[i] for i in keep],
-                      classes=None if classes is None else [classes[i] for i in keep],
-                      query_sets={1: queries},
-                      description=description + f', {len(items) - len(keep)} reference(s) '
-                                                'taken out of the collection')
+    return RetrievalSet(items=[items[i] for i in keep],
+                        classes=None if classes is None else [classes[i] for i in keep],
+                        query_sets={1: queries},
+                        description=description + f', {len(items) - len(keep)} reference(s) '
+                                                  'taken out of the collection')
   if classes is None:
     raise ValueError(f'--references is required: {description}, and no class sub-folders to '
                      'draw queries from')
-  return _sample_queries(items, classes, config, description)
+  return _sample_queries(items, classes, num_references, queries_per_class, seed, description)
 
 
-def _sample_queries(items: list[pathlib.Path], classes: list[str], config: Any,
-                    description: str) -> Collection:
+def _sample_queries(items: list[pathlib.Path], classes: list[str], num_references: Sequence[int],
+                    queries_per_class: int, seed: int, description: str) -> RetrievalSet:
   """The thesis's setting: per class, queries of R images drawn and held out of the collection."""
-  largest = max(config.num_references)
-  per_class = largest * config.queries_per_class
-  rng = np.random.default_rng(config.seed)
+  largest = max(num_references)
+  per_class = largest * queries_per_class
+  rng = np.random.default_rng(seed)
   by_class: dict[str, list[int]] = {}
   for i, c in enumerate(classes):
     by_class.setdefault(c, []).append(i)
@@ -224,13 +231,13 @@ def _sample_queries(items: list[pathlib.Path], classes: list[str], config: Any,
       continue
     drawn = [members[j] for j in rng.permutation(len(members))[:per_class]]
     held.update(drawn)
-    groups += [(c, g, drawn[g * largest:(g + 1) * largest]) for g in range(config.queries_per_class)]
+    groups += [(c, g, drawn[g * largest:(g + 1) * largest]) for g in range(queries_per_class)]
   query_sets = {r: [Query(f'{c}-{g}', tuple(items[i] for i in group[:r]), c)
-                    for c, g, group in groups] for r in config.num_references}
+                    for c, g, group in groups] for r in num_references}
   keep = [i for i in range(len(items)) if i not in held]
   if too_small:
     description += (f'; {len(too_small)} class(es) with <= {per_class} images not queried: '
                     + ', '.join(too_small[:10]) + (' ...' if len(too_small) > 10 else ''))
-  return Collection(items=[items[i] for i in keep], classes=[classes[i] for i in keep],
-                    query_sets=query_sets,
-                    description=description + f', {len(held)} drawn as references')
+  return RetrievalSet(items=[items[i] for i in keep], classes=[classes[i] for i in keep],
+                      query_sets=query_sets,
+                      description=description + f', {len(held)} drawn as references')

@@ -1,0 +1,62 @@
+"""The configuration of a similarity run: its fields (the flags) and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fwjax import distances
+from fwjax.models import feature_model
+
+
+@dataclasses.dataclass
+class SimilarityConfig:
+  """Everything a similarity run depends on (the entry point fills it from flags).
+
+  Field names are the flag names of ``experiments.similarity`` and the defaults here are the
+  flags' defaults. Exactly one collection source must be set: ``collection_dir``, ``manifest``,
+  ``fid300_dir`` or ``synthetic`` (see ``fwjax.data.retrieval_sets.load_retrieval_set``).
+  """
+  out_dir: str
+  collection_dir: str | None = None
+  manifest: str | None = None
+  fid300_dir: str | None = None
+  synthetic: int = 0
+  synthetic_probes_per_model: int = 2
+  references: tuple[str, ...] = ()
+  queries_per_class: int = 1
+  num_references: tuple[int, ...] = (1,)
+  weights: str | None = None
+  random_width: int = 64
+  seed: int = 0
+  stage: str = 'features'
+  metrics: tuple[str, ...] = ('cosine',)
+  fusion: str = 'sum'
+  k: int = 0
+  height: int = 224
+  width: int = 224
+  composition: str = 'B-B-B'
+  policy: str = 'pad'
+  batch_size: int = 32
+  cache_dir: str | None = None
+  results_db: str | None = None
+  precision_at: tuple[int, ...] = (1, 5, 10)
+  recall_levels: tuple[float, ...] = (0.5, 1.0)
+  html_top: int = 20
+  name: str = 'similarity'
+  progress: bool = True
+
+
+def validate(config: SimilarityConfig) -> None:
+  """Raises ValueError naming the setting when the configuration cannot run."""
+  for metric in config.metrics:
+    if metric not in distances.METRICS:
+      raise ValueError(f'--metrics: unknown metric {metric!r}; valid: {", ".join(distances.METRICS)}')
+  if not config.metrics:
+    raise ValueError('--metrics: give at least one metric')
+  if config.fusion not in distances.FUSIONS:
+    raise ValueError(f'--fusion={config.fusion!r}; valid: {", ".join(distances.FUSIONS)}')
+  if not config.num_references or min(config.num_references) < 1:
+    raise ValueError(f'--num_references={config.num_references}: give counts >= 1')
+  if config.k < 0:
+    raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
+  feature_model.check_stage(config.stage)
