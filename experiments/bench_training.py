@@ -4,10 +4,10 @@ r"""Training throughput of the descriptor classifier: images/s per device and da
   python -m experiments.bench_training --quick              # width 16, few steps (a smoke run)
   python -m experiments.bench_training --per_device_batch=64 --out=bench_gpu.json   # on a GPU
 
-Runs the real data-parallel train step (fwjax.training.steps, every local device, paper optimiser) on
-uint8 batches gathered from an in-memory pool the size of a small cache, fed through the same
-background prefetch as fwjax.training.train.fit, so the data-wait column shows whether the input
-pipeline keeps up. Compile time is reported apart; throughput is the median over repeats.
+Runs the real data-parallel train step (fwjax.training.steps, every local device, paper
+optimiser) on uint8 batches gathered from an in-memory pool the size of a small cache, fed
+through the same background prefetch as fwjax.training.train.fit, so the data-wait column shows
+whether the input pipeline keeps up. Compile time is reported apart; throughput is the median over repeats.
 """
 
 import json
@@ -23,7 +23,8 @@ from absl import flags
 from fwjax.training import losses
 from fwjax.training import optim
 from fwjax.training import steps
-from fwjax.training import train
+from fwjax import runs
+from fwjax.training import feed
 from fwjax.models import classifier
 
 _HEIGHT = flags.DEFINE_integer('height', 352, 'Input height.')
@@ -36,7 +37,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Repeats (the median is reported).
 _QUICK = flags.DEFINE_bool('quick', False, 'Width 16, 2 steps x 2 repeats.')
 _OUT = flags.DEFINE_string('out', None, 'Write the results as JSON here.')
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
 
 
 def _batches(pool: np.ndarray, labels: np.ndarray, batch: int, count: int, seed: int):
@@ -51,7 +52,7 @@ def bench(dtype: str, width_multiplier: float, per_device_batch: int, num_steps:
   mesh = steps.make_mesh()
   batch = per_device_batch * mesh.size
   model = classifier.DescriptorClassifier(
-      preprocess='inc_d', width=int(round(64 * width_multiplier)), dtype=DTYPES[dtype],
+      preprocess='inc_d', width=int(round(64 * width_multiplier)), dtype=runs.compute_dtype(dtype),
       bn_axis_name=steps.AXIS)
   shape = (1, _HEIGHT.value, _WIDTH.value, 3)
   variables = jax.jit(model.clone(bn_axis_name=None).init)(jax.random.key(0, impl='rbg'),
@@ -74,7 +75,7 @@ def bench(dtype: str, width_multiplier: float, per_device_batch: int, num_steps:
   for r in range(repeats):
     waited = 0.0
     start = time.perf_counter()
-    for i, (b, wait) in enumerate(train._prefetch(_batches(pool, labels, batch, num_steps, r + 1),
+    for i, (b, wait) in enumerate(feed.prefetch(_batches(pool, labels, batch, num_steps, r + 1),
                                                   mesh)):
       state, metrics = step(state, b, plan.learning_rates(i))
       waited += wait

@@ -20,12 +20,18 @@ from fwjax.descriptor.config import DescriptorConfig as C
 _MANIFEST = flags.DEFINE_string('manifest', None, 'CSV of path,labels (fwjax.data.manifest).')
 _DATA_ROOT = flags.DEFINE_string('data_root', None, 'Folder the manifest paths are relative to '
                                  '(default: the manifest\'s folder).')
-_SYNTHETIC = flags.DEFINE_integer('synthetic', C.synthetic, 'Generate this many synthetic impressions '
-                                  '(into the cache) instead of reading --manifest.')
-_SYNTHETIC_SIZE = flags.DEFINE_list('synthetic_size', list(map(str, C.synthetic_size)), 'Height,width of the generated '
-                                    'originals (0,0: twice the network input).')
-_VALID_FRACTION = flags.DEFINE_float('valid_fraction', C.valid_fraction, 'Share of images held out.')
-_SPLIT_SEED = flags.DEFINE_integer('split_seed', C.split_seed, 'Seed of the split and synthetic data.')
+_SYNTHETIC = flags.DEFINE_integer(
+    'synthetic', C.synthetic,
+    'Generate this many synthetic impressions (into the cache) instead of reading --manifest.')
+_SYNTHETIC_SIZE = flags.DEFINE_list(
+    'synthetic_size', list(map(str, C.synthetic_size)),
+    'Height,width of the generated originals (0,0: twice the network input).')
+_VALID_FRACTION = flags.DEFINE_float(
+    'valid_fraction', C.valid_fraction,
+    'Share of images held out.')
+_SPLIT_SEED = flags.DEFINE_integer(
+    'split_seed', C.split_seed,
+    'Seed of the split and synthetic data.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Resized-image cache (default: '
                                  '<out_dir>/cache; share it between runs of a grid).')
 _HEIGHT = flags.DEFINE_integer('height', C.height, 'Network input height.')
@@ -33,41 +39,53 @@ _WIDTH = flags.DEFINE_integer('width', C.width, 'Network input width.')
 _POLICY = flags.DEFINE_enum('policy', C.policy, ['squish', 'pad'], 'squish stretches each image '
                             'to the input size; pad keeps its aspect ratio.')
 _COMPOSITION = flags.DEFINE_string('composition', C.composition, 'Channel composition, e.g. B-H-N.')
-_PREPROCESS = flags.DEFINE_enum('preprocess', C.preprocess, ['no_tfm', 'cbn_1', 'cbn_3', 'inc', 'inc_d'],
-                                'Learnable preprocessing layer.')
+_PREPROCESS = flags.DEFINE_enum(
+    'preprocess', C.preprocess, ['no_tfm', 'cbn_1', 'cbn_3', 'inc', 'inc_d'],
+    'Learnable preprocessing layer.')
 _LOSS = flags.DEFINE_enum('loss', C.loss, ['bce', 'soft_f1'], 'Training loss.')
-_EPOCHS1 = flags.DEFINE_integer('epochs_phase1', C.epochs_phase1, 'Epochs with the body frozen (BN trains).')
+_EPOCHS1 = flags.DEFINE_integer(
+    'epochs_phase1', C.epochs_phase1,
+    'Epochs with the body frozen (BN trains).')
 _EPOCHS2 = flags.DEFINE_integer('epochs_phase2', C.epochs_phase2, 'Epochs training everything.')
 _LR1 = flags.DEFINE_float('phase1_lr', C.phase1_lr, 'Phase 1 peak learning rate.')
-_LR2 = flags.DEFINE_list('phase2_lrs', list(map(str, C.phase2_lrs)), 'Phase 2 peak learning rates of the '
-                         'first and last parameter group (geometric in between).')
+_LR2 = flags.DEFINE_list(
+    'phase2_lrs', list(map(str, C.phase2_lrs)),
+    'Phase 2 peak learning rates of the first and last parameter group (geometric in between).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', C.batch_size, 'Global batch size (all devices).')
 _SEED = flags.DEFINE_integer('seed', C.seed, 'Seed of initialisation, data order and dropout.')
 _WEIGHTS = flags.DEFINE_string('weights', None, 'torchvision/timm ResNet-50 weights (.pth or '
                                '.safetensors); unset: random initialisation (said loudly).')
-_WIDTH_MULTIPLIER = flags.DEFINE_float('width_multiplier', C.width_multiplier, 'Model width relative to '
-                                       'ResNet-50 (0.125 = width 8, for CPU runs).')
-_STAGE_SIZES = flags.DEFINE_list('stage_sizes', list(map(str, C.stage_sizes)), 'Bottleneck blocks per '
-                                  'stage (ResNet-50: 3,4,6,3; 1,1,1,1 for quick CPU checks).')
+_WIDTH_MULTIPLIER = flags.DEFINE_float(
+    'width_multiplier', C.width_multiplier,
+    'Model width relative to ResNet-50 (0.125 = width 8, for CPU runs).')
+_STAGE_SIZES = flags.DEFINE_list(
+    'stage_sizes', list(map(str, C.stage_sizes)),
+    'Bottleneck blocks per stage (ResNet-50: 3,4,6,3; 1,1,1,1 for quick CPU checks).')
 _DTYPE = flags.DEFINE_enum('dtype', C.dtype, ['float32', 'bfloat16'],
                            'Compute dtype (parameters stay float32).')
-_AUGMENT_FLIP = flags.DEFINE_bool('augment_flip', C.augment_flip, 'Mirror training images left/right '
-                                   'at random (on the device).')
-_AUGMENT_ROTATION = flags.DEFINE_float('augment_rotation', C.augment_rotation, 'Rotate training images by up '
-                                       'to this many degrees either way (0: none).')
-_AUGMENT_SHIFT = flags.DEFINE_float('augment_shift', C.augment_shift, 'Shift training images by up to this '
-                                    'fraction of their height and width (0: none).')
+_AUGMENT_FLIP = flags.DEFINE_bool(
+    'augment_flip', C.augment_flip,
+    'Mirror training images left/right at random (on the device).')
+_AUGMENT_ROTATION = flags.DEFINE_float(
+    'augment_rotation', C.augment_rotation,
+    'Rotate training images by up to this many degrees either way (0: none).')
+_AUGMENT_SHIFT = flags.DEFINE_float(
+    'augment_shift', C.augment_shift,
+    'Shift training images by up to this fraction of their height and width (0: none).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Run folder (outputs, checkpoints).')
 _RESULTS_DB = flags.DEFINE_string('results_db', None, 'SQLite results store (default: '
                                   '<out_dir>/results.sqlite).')
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
-_NUM_GRADCAM = flags.DEFINE_integer('num_gradcam', C.num_gradcam, 'Validation images with Grad-CAM overlays.')
+_NUM_GRADCAM = flags.DEFINE_integer(
+    'num_gradcam', C.num_gradcam,
+    'Validation images with Grad-CAM overlays.')
 _WORKERS = flags.DEFINE_integer('workers', C.workers, 'Threads decoding images into the cache '
                                 '(0: the cache\'s default).')
 _RESUME = flags.DEFINE_bool('resume', C.resume, 'Continue from the last checkpoint in --out_dir.')
 _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show a progress bar.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', C.distributed, 'Call jax.distributed.initialize (several '
-                                 'hosts).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', C.distributed,
+    'Call jax.distributed.initialize (several hosts).')
 
 flags.mark_flag_as_required('out_dir')
 

@@ -33,14 +33,17 @@ _REFERENCES = flags.DEFINE_list(
     'references', [], 'Reference images: each file is one query; each folder is one query '
     'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are).')
 _QUERIES_PER_CLASS = flags.DEFINE_integer(
-    'queries_per_class', C.queries_per_class, 'Without --references, on a class-folder collection: queries drawn '
-    'per class (held out of the collection).')
+    'queries_per_class', C.queries_per_class,
+    'Without --references, on a class-folder collection: queries drawn per class (held out of the'
+    ' collection).')
 _NUM_REFERENCES = flags.DEFINE_list('num_references', list(map(str, C.num_references)),
                                     'Reference images fused per query; several values compare.')
 _WEIGHTS = flags.DEFINE_string(
     'weights', None, 'torchvision ResNet-50 state dict (.pth/.safetensors) or a fwjax checkpoint '
     'folder from experiments.descriptor (its body); unset: random initialisation.')
-_RANDOM_WIDTH = flags.DEFINE_integer('random_width', C.random_width, 'ResNet base width for random init.')
+_RANDOM_WIDTH = flags.DEFINE_integer(
+    'random_width', C.random_width,
+    'ResNet base width for random init.')
 _SEED = flags.DEFINE_integer('seed', C.seed, 'Seed of random init, query drawing, synthetic data.')
 _STAGE = flags.DEFINE_string('stage', C.stage, 'Feature stage: features (pooled layer4), '
                              'layer1..layer4 (globally average-pooled).')
@@ -55,16 +58,22 @@ _COMPOSITION = flags.DEFINE_string('composition', C.composition,
                                    'Channel composition of the greyscale image, e.g. B-H-N.')
 _POLICY = flags.DEFINE_enum('policy', C.policy, ['pad', 'squish'],
                             'pad keeps each image\'s aspect ratio; squish stretches it.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', C.batch_size, 'Images per extraction step (all devices).')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', C.batch_size,
+    'Images per extraction step (all devices).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None,
                                  'Feature cache root (default: <out_dir>/feature_cache).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder.')
 _RESULTS_DB = flags.DEFINE_string('results_db', None,
                                   'SQLite results store (default: <out_dir>/results.sqlite).')
-_PRECISION_AT = flags.DEFINE_list('precision_at', list(map(str, C.precision_at)), 'k values of precision@k.')
+_PRECISION_AT = flags.DEFINE_list(
+    'precision_at', list(map(str, C.precision_at)),
+    'k values of precision@k.')
 _RECALL_LEVELS = flags.DEFINE_list('recall_levels', list(map(str, C.recall_levels)),
                                    'q values of inverse recall@q.')
-_HTML_TOP = flags.DEFINE_integer('html_top', C.html_top, 'Results shown on each query\'s HTML page.')
+_HTML_TOP = flags.DEFINE_integer(
+    'html_top', C.html_top,
+    "Results shown on each query's HTML page.")
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 
 _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show progress while extracting features.')

@@ -2,8 +2,8 @@
 
 On a terminal the line is redrawn in place a few times a second. In a log file (not a terminal)
 a full line is written every ``log_seconds``, or sooner when another tenth of the work is done
-(but at most one a second), and once at the end: a log shows that a long run is alive without filling
-up with redraws.
+(but at most one a second), and once at the end: a log shows that a long run is alive without
+filling up with redraws.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where a similarity run's collection, references and ground truth come from.
 
-Four sources, one shape (:class:`RetrievalSet`): the images to rank, each one's class where known (the
-ground truth: an item is relevant to a query when it has the query's class), and the queries for
-each reference count R (R reference images fused into one query).
+Four sources, one shape (:class:`RetrievalSet`): the images to rank, each one's class where known
+(the ground truth: an item is relevant to a query when it has the query's class), and the
+queries for each reference count R (R reference images fused into one query).
 
 - FID-300 layout (``fid300_dir``, or the synthetic set in that layout): the references of the
   database are the collection, each one its own class; the crime-scene probes are the queries,

@@ -108,7 +108,8 @@ def build_model(config: DescriptorConfig) -> classifier.DescriptorClassifier:
   """The classifier a configuration describes, with cross-device BatchNorm for training."""
   return classifier.DescriptorClassifier(
       preprocess=config.preprocess, width=model_width(config),
-      stage_sizes=tuple(config.stage_sizes), dtype=runs.compute_dtype(config.dtype), bn_axis_name=steps.AXIS,
+      stage_sizes=tuple(config.stage_sizes), dtype=runs.compute_dtype(config.dtype),
+      bn_axis_name=steps.AXIS,
       # From random initialisation, zero-initialised residual BatchNorm trains faster and more
       # stably (Goyal et al. 2017); pretrained weights overwrite it.
       zero_init_residual=not config.weights)

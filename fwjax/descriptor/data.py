@@ -1,4 +1,4 @@
-"""Data of a descriptor run: source -> split -> resized cache -> batches for ``fwjax.training.train.fit``.
+"""Data of a descriptor run: source -> split -> resized cache -> batches for ``train.fit``.
 
 The originals are decoded and resized once per (resolution, policy) into a cache of uint8 planes
 (``fwjax.data.cache``); a channel composition (``B-H-N`` ...) is a stack of cached planes, so
@@ -49,7 +49,8 @@ def _examples(config: DescriptorConfig, out: pathlib.Path) -> list[Any]:
     height, width = config.synthetic_size
     if not height or not width:  # originals larger than the network input, so resizing matters
       height, width = 2 * config.height, 2 * config.width
-    root = _cache_root(config, out) / f'synthetic_{config.synthetic}_{height}x{width}_s{config.split_seed}'
+    root = (_cache_root(config, out)
+            / f'synthetic_{config.synthetic}_{height}x{width}_s{config.split_seed}')
     csv_path = root / 'manifest.csv'
     if not csv_path.exists():
       csv_path = pathlib.Path(synthetic.make_descriptor_set(

@@ -50,7 +50,8 @@ def validate(config: SimilarityConfig) -> None:
   """Raises ValueError naming the setting when the configuration cannot run."""
   for metric in config.metrics:
     if metric not in distances.METRICS:
-      raise ValueError(f'--metrics: unknown metric {metric!r}; valid: {", ".join(distances.METRICS)}')
+      raise ValueError(f'--metrics: unknown metric {metric!r}; valid: '
+                       f'{", ".join(distances.METRICS)}')
   if not config.metrics:
     raise ValueError('--metrics: give at least one metric')
   if config.fusion not in distances.FUSIONS:

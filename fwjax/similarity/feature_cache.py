@@ -1,4 +1,4 @@
-"""The on-disk feature cache of fwjax.similarity.features: rows keyed by image content, per configuration.
+"""The on-disk feature cache of ``similarity.features``: rows keyed by image content, per config.
 
 The cache of one configuration (model identity, stage, resolution, composition, resize policy;
 hashed into the folder name) is an append-only float32 matrix (``features.f32``, rows of D) and an

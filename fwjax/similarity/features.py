@@ -205,7 +205,8 @@ def extract_features(
   config = dict(version=_CACHE_VERSION, model=model.identity, stage=stage, height=height,
                 width=width, composition=composition, policy=policy)
   with tempfile.TemporaryDirectory(prefix='fwjax-features-') as scratch:
-    cache = feature_cache.FeatureCache(cache_dir if cache_dir is not None else scratch, config, extractor.dim)
+    cache = feature_cache.FeatureCache(cache_dir if cache_dir is not None else scratch, config,
+                                       extractor.dim)
     todo: dict[str, pathlib.Path] = {}
     for digest, path in zip(digests, paths):
       if digest is not None and digest not in cache.rows:

@@ -3,9 +3,10 @@
 An investigator holds one or a few images of an object of interest and wants a whole collection
 ranked by similarity to them, locally, with no trained class for that object. ``run_similarity``
 does the whole job: load the collection and the references, extract CNN features (cached by
-content, see ``fwjax.similarity.features``), rank with each requested metric and reference count (fused as in
-``fwjax.distances``), score where ground truth is known, time the three phases the thesis reports,
-store everything in the SQLite results store and write what a person reads (CSV, HTML, plots).
+content, see ``fwjax.similarity.features``), rank with each requested metric and reference
+count (fused as in ``fwjax.distances``), score where ground truth is known, time the three
+phases the thesis reports, store everything in the SQLite results store and write what a person
+reads (CSV, HTML, plots).
 
 Output folder layout::
 
@@ -306,7 +307,8 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
         entry['cmc'] = {f'{p:g}': aggregated[f'cmc@{p:g}'] for p in CMC_PERCENTS}
         levels = np.linspace(0.01, 1.0, 100)
         mean_ir = [float(np.mean(metrics_lib.inverse_recall_at_q(relevance, q))) for q in levels]
-        entry['_curves'] = (metrics_lib.cmc_curve(metrics_lib.first_relevant_rank(relevance), num_items),
+        first = metrics_lib.first_relevant_rank(relevance)
+        entry['_curves'] = (metrics_lib.cmc_curve(first, num_items),
                             (levels, np.asarray(mean_ir)))
         store.log_metrics(run_id, 0, {n: v for n, v in entry.items() if isinstance(v, float)})
     for row, i in enumerate(scored):

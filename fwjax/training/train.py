@@ -25,24 +25,23 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from fwjax import augment as augment_lib
 from fwjax import descriptors
 from fwjax import metrics as metrics_lib
 from fwjax import progress as progress_lib
 from fwjax.training import losses as losses_lib
+from fwjax.training import checkpoints as checkpoints_lib
+from fwjax.training import feed
+from fwjax.training.feed import FitData, array_data  # noqa: F401 (public here too)
 from fwjax.training import optim, steps
 
 
@@ -94,60 +93,6 @@ class FitConfig:
 
 
 @dataclasses.dataclass
-class FitData:
-  """The data ``fit`` consumes (host numpy batches; see :func:`array_data` for an example).
-
-  Attributes:
-    steps_per_epoch: full training batches per epoch.
-    batch_size: global batch size.
-    train_batches: ``epoch -> iterable`` of dicts 'image' (b, H, W, 3) uint8, 'label' (b, L),
-      'mask' (b,) bool, b = this process's share of the batch. The order must be a function of
-      the epoch alone (so a resumed run sees the same batches); no padding (BatchNorm would see
-      it).
-    valid_batches: ``() -> iterable`` of the same dicts covering the validation set in order,
-      the last batch padded with mask False.
-    valid_labels: (N, L) labels of the validation set in the order of ``valid_batches``.
-  """
-  steps_per_epoch: int
-  batch_size: int
-  train_batches: Callable[[int], Iterable[Mapping[str, np.ndarray]]]
-  valid_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
-  valid_labels: np.ndarray
-
-
-def array_data(train_images: np.ndarray, train_labels: np.ndarray, valid_images: np.ndarray,
-               valid_labels: np.ndarray, batch_size: int, seed: int = 0) -> FitData:
-  """:class:`FitData` over in-memory arrays (single process): shuffled by ``(seed, epoch)``.
-
-  Raises:
-    ValueError: fewer training images than one batch, or mismatched lengths.
-  """
-  if len(train_images) != len(train_labels) or len(valid_images) != len(valid_labels):
-    raise ValueError('images and labels differ in length')
-  steps_per_epoch = len(train_images) // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'{len(train_images)} training images do not fill one batch of '
-                     f'{batch_size}; lower the batch size')
-
-  def train(epoch: int) -> Iterator[dict[str, np.ndarray]]:
-    order = np.random.default_rng((seed, epoch)).permutation(len(train_images))
-    for i in range(steps_per_epoch):
-      idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-      yield {'image': train_images[idx], 'label': train_labels[idx],
-             'mask': np.ones(batch_size, bool)}
-
-  def valid() -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(valid_images), batch_size):
-      images, labels = valid_images[start:start + batch_size], valid_labels[start:start + batch_size]
-      pad = batch_size - len(images)
-      yield {'image': np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
-             'label': np.concatenate([labels, np.zeros((pad,) + labels.shape[1:], labels.dtype)]),
-             'mask': np.arange(batch_size) < len(images)}
-
-  return FitData(steps_per_epoch, batch_size, train, valid, np.asarray(valid_labels))
-
-
-@dataclasses.dataclass
 class FitResult:
   """What ``fit`` returns.
 
@@ -171,49 +116,11 @@ class FitResult:
   complete: bool
 
 
-def _prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,
-              size: int = 2) -> Iterator[tuple[dict[str, jax.Array], float]]:
-  """Loads and shards batches in a background thread; yields (batch, seconds waited for it)."""
-  q: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
-  stop = threading.Event()
-
-  def produce() -> None:
-    try:
-      for batch in batches:
-        if stop.is_set():
-          return
-        q.put(steps.shard_batch(batch, mesh))
-      q.put(done)
-    except BaseException as error:  # re-raised in the consumer, with its traceback
-      q.put(error)
-
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      start = time.perf_counter()
-      item = q.get()
-      waited = time.perf_counter() - start
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item, waited
-  finally:
-    stop.set()
-    while thread.is_alive():  # unblock a producer waiting on a full queue
-      try:
-        q.get_nowait()
-      except queue.Empty:
-        thread.join(0.05)
-
-
 def evaluate(eval_step: Callable, variables: Mapping[str, Any], data: FitData,
              mesh: jax.sharding.Mesh) -> np.ndarray:
   """Validation logits (N, L) in order, padding removed."""
   outputs = []
-  for batch, _ in _prefetch(data.valid_batches(), mesh):
+  for batch, _ in feed.prefetch(data.valid_batches(), mesh):
     logits = steps.gather(eval_step(variables, batch))
     outputs.append(logits[steps.gather(batch['mask'])])
   logits = np.concatenate(outputs) if outputs else np.zeros((0, data.valid_labels.shape[1]))
@@ -257,54 +164,46 @@ def _fingerprint(config: FitConfig, data: FitData, model: nn.Module) -> str:
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class _Checkpoints:
-  """The 'last' (train state + progress) and 'best' (variables) Orbax checkpoint managers."""
-
-  def __init__(self, directory: str):
-    self.root = os.path.abspath(directory)
-    options = lambda: ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                                   enable_async_checkpointing=False)
-    self.last = ocp.CheckpointManager(os.path.join(self.root, 'last'), options=options(),
-                                      item_names=('state', 'meta'))
-    self.best = ocp.CheckpointManager(os.path.join(self.root, 'best'), options=options(),
-                                      item_names=('variables', 'meta'))
-
-  def path(self, manager: ocp.CheckpointManager, step: int | None) -> str:
-    return '' if step is None else str(manager.directory / str(step))
-
-  def save_last(self, epoch: int, state: steps.TrainState, meta: dict[str, Any]) -> str:
-    self.last.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave(meta)), force=True)
-    self.last.wait_until_finished()
-    return self.path(self.last, epoch)
-
-  def save_best(self, epoch: int, variables: dict[str, Any], meta: dict[str, Any]) -> str:
-    self.best.save(epoch, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                                  meta=ocp.args.JsonSave(meta)), force=True)
-    self.best.wait_until_finished()
-    return self.path(self.best, epoch)
-
-  def latest_meta(self) -> tuple[int, dict[str, Any]] | None:
-    epoch = self.last.latest_step()
-    if epoch is None:
-      return None
-    restored = self.last.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return epoch, restored['meta']
-
-  def restore_state(self, epoch: int, target: steps.TrainState) -> steps.TrainState:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            target)
-    restored = self.last.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-    return restored['state']
-
-  def close(self) -> None:
-    self.last.close()
-    self.best.close()
-
-
 def _variables(state: steps.TrainState) -> dict[str, Any]:
   return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Where a fit stands: its train state, the epochs done and the checkpoints written."""
+  state: steps.TrainState | None = None
+  start_epoch: int = 0
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  best: dict[str, Any] = dataclasses.field(
+      default_factory=lambda: {'epoch': 0, 'macro_prauc': -math.inf})
+  last_path: str = ''
+  best_path: str = ''
+
+
+class _Trainer:
+  """The compiled steps, the optimiser and the phase plans of one fit."""
+
+  def __init__(self, model: nn.Module, data: FitData, loss: losses_lib.AdditiveLoss,
+               config: FitConfig, mesh: jax.sharding.Mesh):
+    self.data, self.loss, self.config, self.mesh = data, loss, config, mesh
+    self.base_key = jax.random.key(config.seed)
+    self.tx = optim.adamw_groups(weight_decay=config.weight_decay)
+    self.train_step = steps.make_train_step(model, self.tx, loss, mesh, augment=config.augment)
+    self.eval_step = steps.make_eval_step(model, mesh)
+
+  def plan(self, phase: int) -> optim.PhasePlan:
+    return optim.phase_plan(phase, self.data.steps_per_epoch * self.config.epochs_in(phase),
+                            phase1_lr=self.config.phase1_lr, phase2_lrs=self.config.phase2_lrs,
+                            schedule=self.config.schedule)
+
+  def new_state(self, phase: int, variables: Mapping[str, Any]) -> steps.TrainState:
+    # Fresh optimiser state per phase (fastai clears it when it unfreezes), own dropout key.
+    return steps.replicate(
+        steps.create_state(variables, self.tx, jax.random.fold_in(self.base_key, phase)),
+        self.mesh)
+
+  def evaluate(self, state: steps.TrainState) -> np.ndarray:
+    return evaluate(self.eval_step, _variables(state), self.data, self.mesh)
 
 
 def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
@@ -340,112 +239,126 @@ def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
     model = model.clone(bn_axis_name=steps.AXIS)
   total_epochs = config.epochs_phase1 + config.epochs_phase2
   fingerprint = config.fingerprint + ':' + _fingerprint(config, data, model)
-  base_key = jax.random.key(config.seed)
-  eval_step = steps.make_eval_step(model, mesh)
-  checkpoints = _Checkpoints(config.checkpoint_dir) if config.checkpoint_dir else None
-
-  tx = optim.adamw_groups(weight_decay=config.weight_decay)
-  train_step = steps.make_train_step(model, tx, loss, mesh, augment=config.augment)
-
-  def plan(phase: int) -> optim.PhasePlan:
-    return optim.phase_plan(phase, data.steps_per_epoch * config.epochs_in(phase),
-                            phase1_lr=config.phase1_lr, phase2_lrs=config.phase2_lrs,
-                            schedule=config.schedule)
-
-  def new_state(phase: int, variables: Mapping[str, Any]) -> steps.TrainState:
-    # Fresh optimiser state per phase (fastai clears it when it unfreezes), own dropout key.
-    return steps.replicate(steps.create_state(variables, tx, jax.random.fold_in(base_key, phase)),
-                           mesh)
-
-  history: list[dict[str, Any]] = []
-  best = {'epoch': 0, 'macro_prauc': -math.inf}
-  start_epoch = 0
-  last_path = best_path = ''
-  state = None
+  trainer = _Trainer(model, data, loss, config, mesh)
+  checkpoints = (checkpoints_lib.RunCheckpoints(config.checkpoint_dir)
+                 if config.checkpoint_dir else None)
+  progress = _Progress()
   if checkpoints is not None and config.resume:
-    found = checkpoints.latest_meta()
-    if found is not None:
-      start_epoch, meta = found
-      if meta['fingerprint'] != fingerprint:
-        raise ValueError(f'{checkpoints.root} holds a checkpoint of a different configuration; '
-                         'use another output directory, delete it, or pass resume=False')
-      state = checkpoints.restore_state(start_epoch, new_state(meta['phase'], variables))
-      history, best = meta['history'], meta['best']
-      last_path = checkpoints.path(checkpoints.last, start_epoch)
-      best_path = checkpoints.path(checkpoints.best, checkpoints.best.latest_step())
-      print(f'resuming from {last_path}: {start_epoch} of {total_epochs} epochs done', flush=True)
-      if start_epoch < total_epochs and config.phase_of(start_epoch) != meta['phase']:
-        state = new_state(config.phase_of(start_epoch), _variables(state))
+    progress = _resume(trainer, checkpoints, fingerprint, variables, total_epochs)
 
   end_epoch = total_epochs if config.stop_after_epochs is None else min(
       total_epochs, config.stop_after_epochs)
   logits = None
-  for epoch in range(start_epoch, end_epoch):
+  for epoch in range(progress.start_epoch, end_epoch):
     phase = config.phase_of(epoch)
-    if state is None:
-      state = new_state(phase, variables)
-    elif epoch == config.epochs_phase1 and epoch != start_epoch:
-      state = new_state(phase, _variables(state))
-    phase_plan = plan(phase)
-    phase_epoch = epoch + 1 - (0 if phase == 1 else config.epochs_phase1)
-    first_step = (phase_epoch - 1) * data.steps_per_epoch  # schedule position in the phase
-    bar = progress_lib.ProgressBar(
-        data.steps_per_epoch, f'phase {phase} epoch {phase_epoch}/{config.epochs_in(phase)}',
-        data.batch_size, enabled=config.progress)
-    started = time.perf_counter()
-    pending = None  # the previous step's loss, checked one step late to keep the device busy
-
-    def check(pending_loss, step_number) -> float:
-      value = float(pending_loss)
-      if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f'training loss is {value} at step {step_number} (epoch {epoch + 1}, phase {phase}); '
-            f'last good checkpoint: {last_path or "none (no checkpoint written yet)"}')
-      return value
-
-    for i, (batch, waited) in enumerate(_prefetch(data.train_batches(epoch), mesh)):
-      if i == data.steps_per_epoch:
-        raise ValueError(f'train_batches({epoch}) gave more than steps_per_epoch='
-                         f'{data.steps_per_epoch} batches')
-      step_number = epoch * data.steps_per_epoch + i + 1
-      rates = phase_plan.learning_rates(first_step + i)
-      state, metrics = train_step(state, batch, rates)
-      if pending is not None:
-        bar.update(check(*pending[:2]), pending[2])
-      pending = (metrics['loss'], step_number, waited)
-    if pending is None:
-      raise ValueError(f'train_batches({epoch}) gave no batch; expected {data.steps_per_epoch}')
-    bar.update(check(*pending[:2]), pending[2])
-
-    logits = evaluate(eval_step, _variables(state), data, mesh)
-    record = {'epoch': epoch + 1, 'phase': phase, 'train_loss': bar.mean_loss,
-              **validation_metrics(data.valid_labels, logits, loss),
-              'lrs': [float(rates[f'group{g}']) for g in range(optim.NUM_GROUPS)],
-              'images_per_second': bar.images_per_second,
-              'data_wait_per_step': bar.data_wait_per_step,
-              'seconds': time.perf_counter() - started}
-    history.append(record)
-    improved = record['macro_prauc'] > best['macro_prauc']
-    if improved:
-      best = {'epoch': epoch + 1, 'macro_prauc': record['macro_prauc']}
-    bar.close(f' | valid loss {record["valid_loss"]:.4f} PRAUC {record["macro_prauc"]:.4f}'
-              + (' *' if improved else ''))
+    if progress.state is None:
+      progress.state = trainer.new_state(phase, variables)
+    elif epoch == config.epochs_phase1 and epoch != progress.start_epoch:
+      progress.state = trainer.new_state(phase, _variables(progress.state))
+    record, logits = _run_epoch(trainer, progress, epoch)
     if checkpoints is not None:
-      meta = {'fingerprint': fingerprint, 'phase': phase, 'history': history, 'best': best}
-      if improved:
-        best_path = checkpoints.save_best(epoch + 1, jax.device_get(_variables(state)), meta)
-      last_path = checkpoints.save_last(epoch + 1, state, meta)
+      _save(checkpoints, progress, epoch, fingerprint, improved=record['best'])
+    record.pop('best')
     if on_epoch is not None:
       on_epoch(record)
 
   if checkpoints is not None:
     checkpoints.close()
-  if state is None:  # no epoch to run and no checkpoint: the initial variables are final
-    state = new_state(1, variables)
-  final = jax.device_get(_variables(state))
+  if progress.state is None:  # no epoch to run and no checkpoint: the initial variables are final
+    progress.state = trainer.new_state(1, variables)
+  final = jax.device_get(_variables(progress.state))
   if logits is None:  # no epoch ran in this call (e.g. resumed a finished run)
-    logits = evaluate(eval_step, _variables(state), data, mesh)
-  return FitResult(variables=final, history=history, best_epoch=best['epoch'],
+    logits = trainer.evaluate(progress.state)
+  return FitResult(variables=final, history=progress.history,
+                   best_epoch=progress.best['epoch'],
                    valid_scores=1 / (1 + np.exp(-logits.astype(np.float64))),
-                   valid_logits=logits, last_checkpoint=last_path, best_checkpoint=best_path,
-                   complete=end_epoch == total_epochs)
+                   valid_logits=logits, last_checkpoint=progress.last_path,
+                   best_checkpoint=progress.best_path, complete=end_epoch == total_epochs)
+
+
+def _resume(trainer: _Trainer, checkpoints: checkpoints_lib.RunCheckpoints, fingerprint: str,
+            variables: Mapping[str, Any], total_epochs: int) -> _Progress:
+  """The progress of the last checkpoint (nothing done when there is none)."""
+  found = checkpoints.latest_meta()
+  if found is None:
+    return _Progress()
+  start_epoch, meta = found
+  if meta['fingerprint'] != fingerprint:
+    raise ValueError(f'{checkpoints.root} holds a checkpoint of a different configuration; '
+                     'use another output directory, delete it, or pass resume=False')
+  state = checkpoints.restore_state(start_epoch, trainer.new_state(meta['phase'], variables))
+  progress = _Progress(
+      state=state, start_epoch=start_epoch, history=meta['history'], best=meta['best'],
+      last_path=checkpoints.path(checkpoints.last, start_epoch),
+      best_path=checkpoints.path(checkpoints.best, checkpoints.best.latest_step()))
+  print(f'resuming from {progress.last_path}: {start_epoch} of {total_epochs} epochs done',
+        flush=True)
+  config = trainer.config
+  if start_epoch < total_epochs and config.phase_of(start_epoch) != meta['phase']:
+    progress.state = trainer.new_state(config.phase_of(start_epoch), _variables(state))
+  return progress
+
+
+def _run_epoch(trainer: _Trainer, progress: _Progress, epoch: int
+               ) -> tuple[dict[str, Any], np.ndarray]:
+  """Trains one epoch, evaluates it and updates ``progress``; returns its record and logits."""
+  config, data = trainer.config, trainer.data
+  phase = config.phase_of(epoch)
+  phase_plan = trainer.plan(phase)
+  phase_epoch = epoch + 1 - (0 if phase == 1 else config.epochs_phase1)
+  first_step = (phase_epoch - 1) * data.steps_per_epoch  # schedule position in the phase
+  bar = progress_lib.ProgressBar(
+      data.steps_per_epoch, f'phase {phase} epoch {phase_epoch}/{config.epochs_in(phase)}',
+      data.batch_size, enabled=config.progress)
+  started = time.perf_counter()
+  pending = None  # the previous step's loss, checked one step late to keep the device busy
+
+  def check(pending_loss, step_number) -> float:
+    value = float(pending_loss)
+    if not math.isfinite(value):
+      raise NonFiniteLossError(
+          f'training loss is {value} at step {step_number} (epoch {epoch + 1}, phase {phase}); '
+          f'last good checkpoint: {progress.last_path or "none (no checkpoint written yet)"}')
+    return value
+
+  state = progress.state
+  for i, (batch, waited) in enumerate(feed.prefetch(data.train_batches(epoch), trainer.mesh)):
+    if i == data.steps_per_epoch:
+      raise ValueError(f'train_batches({epoch}) gave more than steps_per_epoch='
+                       f'{data.steps_per_epoch} batches')
+    step_number = epoch * data.steps_per_epoch + i + 1
+    rates = phase_plan.learning_rates(first_step + i)
+    state, metrics = trainer.train_step(state, batch, rates)
+    if pending is not None:
+      bar.update(check(*pending[:2]), pending[2])
+    pending = (metrics['loss'], step_number, waited)
+  if pending is None:
+    raise ValueError(f'train_batches({epoch}) gave no batch; expected {data.steps_per_epoch}')
+  bar.update(check(*pending[:2]), pending[2])
+  progress.state = state
+
+  logits = trainer.evaluate(state)
+  record = {'epoch': epoch + 1, 'phase': phase, 'train_loss': bar.mean_loss,
+            **validation_metrics(data.valid_labels, logits, trainer.loss),
+            'lrs': [float(rates[f'group{g}']) for g in range(optim.NUM_GROUPS)],
+            'images_per_second': bar.images_per_second,
+            'data_wait_per_step': bar.data_wait_per_step,
+            'seconds': time.perf_counter() - started}
+  progress.history.append(record)
+  improved = record['macro_prauc'] > progress.best['macro_prauc']
+  if improved:
+    progress.best = {'epoch': epoch + 1, 'macro_prauc': record['macro_prauc']}
+  bar.close(f' | valid loss {record["valid_loss"]:.4f} PRAUC {record["macro_prauc"]:.4f}'
+            + (' *' if improved else ''))
+  return dict(record, best=improved), logits
+
+
+def _save(checkpoints: checkpoints_lib.RunCheckpoints, progress: _Progress, epoch: int,
+          fingerprint: str, *, improved: bool) -> None:
+  """Writes the epoch's checkpoints (the best variables too when the epoch improved)."""
+  meta = {'fingerprint': fingerprint, 'phase': progress.history[-1]['phase'],
+          'history': progress.history, 'best': progress.best}
+  if improved:
+    progress.best_path = checkpoints.save_best(
+        epoch + 1, jax.device_get(_variables(progress.state)), meta)
+  progress.last_path = checkpoints.save_last(epoch + 1, progress.state, meta)
