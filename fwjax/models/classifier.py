@@ -104,7 +104,7 @@ class DescriptorClassifier(nn.Module):
     return logits
 
 
-def _key_name(entry: Any) -> str:
+def key_name(entry: Any) -> str:
   """A path entry as a string: plain strings, or jax key-path entries (DictKey, GetAttrKey)."""
   for attr in ('key', 'name'):
     if hasattr(entry, attr):
@@ -126,7 +126,7 @@ def param_group(path: Sequence[Any]) -> int:
   Raises:
     ValueError: a path that belongs to none of the groups.
   """
-  names = [_key_name(p) for p in path]
+  names = [key_name(p) for p in path]
   if names and names[0] in ('preprocess', 'head'):
     return 2
   if len(names) > 1 and names[0] == 'body' and names[1] in _GROUP_OF_BODY_PART:
@@ -147,7 +147,7 @@ def is_batch_norm(path: Sequence[Any]) -> bool:
   exempting BatchNorm from weight decay.
   """
   return any(n == 'bn' or n.startswith('bn') or n.endswith('_bn')
-             for n in map(_key_name, path[:-1]))
+             for n in map(key_name, path[:-1]))
 
 
 def insert_body(variables: dict[str, Any], body_variables: dict[str, Any]) -> dict[str, Any]:

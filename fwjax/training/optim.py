@@ -103,13 +103,6 @@ def discriminative_lrs(low: float, high: float, n: int = NUM_GROUPS) -> tuple[fl
   return tuple(float(low * step**i) for i in range(n))
 
 
-def _name(entry: Any) -> str:
-  for attr in ('key', 'name'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
 def param_label(path: Sequence[Any]) -> str:
   """The optimiser label of one parameter (see the module docstring).
 
@@ -122,7 +115,7 @@ def param_label(path: Sequence[Any]) -> str:
   group = classifier.param_group(path)
   if classifier.is_batch_norm(path):
     return f'group{group}_bn'
-  return f'group{group}' + ('_no_decay' if _name(path[-1]) == 'bias' else '')
+  return f'group{group}' + ('_no_decay' if classifier.key_name(path[-1]) == 'bias' else '')
 
 
 def param_labels(params: Any) -> Any:
