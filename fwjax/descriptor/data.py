@@ -74,8 +74,14 @@ def load(config: DescriptorConfig, out: pathlib.Path) -> DescriptorData:
   train_examples, valid_examples = manifest_lib.split_examples(
       examples, config.valid_fraction, config.split_seed)
   if not valid_examples:
+    fixed = sum(e.split is not None for e in examples)
+    if fixed == len(examples):
+      raise ValueError(f'no validation images: the manifest\'s split column sets all '
+                       f'{len(examples)} rows to train; mark some rows valid (or leave their split '
+                       'empty for --valid_fraction to draw from)')
     raise ValueError(f'no validation images: raise --valid_fraction ({config.valid_fraction}) or '
-                     f'add images ({len(examples)} in all)')
+                     f'add images ({len(examples) - fixed} without a fixed split, '
+                     f'{len(examples)} in all)')
   cache_dir = (_cache_root(config, out) /
                f'{_source_tag(config)}_{config.height}x{config.width}_{config.policy}')
   kwargs = {'policy': config.policy}

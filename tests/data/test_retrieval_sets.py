@@ -195,11 +195,6 @@ def test_source_errors_name_the_flag(tmp_path, collection, shared_dir):
       retrieval_sets.load_retrieval_set(tmp_path, references=[str(collection / 'A')], **source)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="load_retrieval_set's int parameter 'synthetic' shadows "
-                   'the fwjax.data.synthetic module (which retrieval_sets never imports), so '
-                   "--synthetic raises AttributeError: 'int' object has no attribute "
-                   "'make_retrieval_set'")
 def test_synthetic_set_in_fid300_layout(tmp_path):
   data = retrieval_sets.load_retrieval_set(tmp_path, synthetic=3, synthetic_probes_per_model=2,
                                            num_references=(1, 2))

@@ -160,13 +160,10 @@ def test_an_empty_validation_split_is_refused(tmp_path):
   # 3 images at a tenth each: with this seed's random phase no image reaches validation.
   config = _config(tmp_path, synthetic=3, valid_fraction=0.1, split_seed=0)
   with pytest.raises(ValueError, match=r'no validation images: raise --valid_fraction \(0.1\) or '
-                     r'add images \(3 in all\)'):
+                     r'add images \(3 without a fixed split, 3 in all\)'):
     _load(config)
 
 
-@pytest.mark.xfail(strict=True, reason='a manifest whose split column fixes every row to train '
-                   'is refused with "raise --valid_fraction", which cannot help: the fraction '
-                   'only splits rows without a split value')
 def test_a_fixed_split_without_validation_rows_is_refused_naming_the_split_column(root):
   manifest = _fixed_split_manifest(root, valid_rows=())
   with pytest.raises(ValueError) as error:
