@@ -404,3 +404,39 @@ def compose(image: np.ndarray, composition: str, height: int, width: int,
   for channel, method in enumerate(methods):
     out[top:top + inner_h, left:left + inner_w, channel] = planes[method]
   return out
+
+
+def compose_image(image: np.ndarray, composition: str, height: int, width: int,
+                  policy: str = 'squish') -> np.ndarray:
+  """Three network channels of a greyscale impression or of a colour photograph.
+
+  A greyscale (H, W) image gets the three interpolations of ``composition`` (:func:`compose`).
+  A colour (H, W, 3) RGB image keeps its colours: every channel is resized with the
+  composition's first interpolation (``'B-H-N'`` -> bilinear), the same bits as Pillow's
+  resampler on that channel, and letterboxed with each channel's own background level.
+
+  Args:
+    image: (H, W) or (H, W, 3) uint8.
+    composition: e.g. ``'B-B-B'``.
+    height, width: target size.
+    policy: ``'squish'`` or ``'pad'`` (see :func:`fit_size`).
+
+  Returns:
+    (height, width, 3) uint8.
+  """
+  image = np.asarray(image)
+  if image.ndim == 2:
+    return compose(image, composition, height, width, policy)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f'expected a (H, W) or (H, W, 3) uint8 image, got {image.shape} '
+                     f'{image.dtype}')
+  method = composition_methods(composition)[0]
+  top, left, inner_h, inner_w = fit_size(*image.shape[:2], height, width, policy)
+  out = np.zeros((height, width, 3), np.uint8)
+  for channel in range(3):
+    plane = np.ascontiguousarray(image[..., channel])
+    if policy == 'pad':
+      out[..., channel] = background_level(plane)
+    out[top:top + inner_h, left:left + inner_w, channel] = resize_pillow(plane, inner_h, inner_w,
+                                                                         method)
+  return out

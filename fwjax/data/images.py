@@ -28,6 +28,9 @@ import numpy as np
 from PIL import Image
 
 #: Default pixel limit: well above a 15000 x 7000 scan (105 Mpx), far below what exhausts memory.
+COLOUR_MODES = ('rgb', 'luma')
+"""How :func:`load_image` treats colour images: kept as RGB, or turned into luma."""
+
 MAX_PIXELS = 250_000_000
 
 
@@ -40,32 +43,22 @@ class BadImageError(ValueError):
     super().__init__(f'{path}: {reason}')
 
 
+class ColourImageError(BadImageError):
+  """The image has real colour where one grey plane was asked for."""
+
+
 def _grey_from_colour(image: Image.Image, path, allow_colour: bool) -> np.ndarray:
   rgb = np.asarray(image.convert('RGB'))
   if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
     return np.ascontiguousarray(rgb[..., 0])
   if not allow_colour:
-    raise BadImageError(path, f'is a colour image ({image.mode}); impressions are greyscale. '
+    raise ColourImageError(path, f'is a colour image ({image.mode}); impressions are greyscale. '
                         'Convert it yourself or pass allow_colour=True to use its luma')
   return np.asarray(image.convert('RGB').convert('L'))
 
 
-def load_greyscale(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
-                   allow_colour: bool = False) -> np.ndarray:
-  """Decodes an impression to a 2-D uint8 array, or says precisely why it cannot.
-
-  Args:
-    path: image file (PNG, JPEG, TIFF, BMP ... anything Pillow reads).
-    max_pixels: refuse images with more pixels than this (decompression-bomb guard).
-    allow_colour: convert real colour images to luma instead of refusing them.
-
-  Returns:
-    (H, W) uint8.
-
-  Raises:
-    BadImageError: missing, not an image, truncated, empty, too large, or a mode that would
-      lose information (see the module docstring).
-  """
+def _decode(path: str | os.PathLike, max_pixels: int) -> tuple[pathlib.Path, Image.Image]:
+  """Opens and fully decodes an image file, refusing bombs, empty and broken files."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise BadImageError(path, 'no such file')
@@ -94,6 +87,31 @@ def load_greyscale(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
     raise BadImageError(path, f'cannot be decoded ({error}); the file may be truncated or '
                         'corrupt') from None
 
+  return path, image
+
+
+def load_greyscale(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
+                   allow_colour: bool = False) -> np.ndarray:
+  """Decodes an impression to a 2-D uint8 array, or says precisely why it cannot.
+
+  Args:
+    path: image file (PNG, JPEG, TIFF, BMP ... anything Pillow reads).
+    max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+    allow_colour: convert real colour images to luma instead of refusing them.
+
+  Returns:
+    (H, W) uint8.
+
+  Raises:
+    BadImageError: missing, not an image, truncated, empty, too large, or a mode that would
+      lose information (see the module docstring).
+  """
+  path, image = _decode(path, max_pixels)
+  return _to_grey(image, path, allow_colour)
+
+
+def _to_grey(image: Image.Image, path: pathlib.Path, allow_colour: bool) -> np.ndarray:
+  """One grey plane of a decoded image, by the rules of the module docstring."""
   mode = image.mode
   if mode == 'L':
     return np.asarray(image)
@@ -116,7 +134,40 @@ def load_greyscale(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
     palette = np.asarray(image.convert('RGB'))
     if (palette[..., 0] == palette[..., 1]).all() and (palette[..., 1] == palette[..., 2]).all():
       return np.ascontiguousarray(palette[..., 0])
-    raise BadImageError(path, 'is a palette image with colours; convert it to greyscale yourself')
+    raise ColourImageError(path, 'is a palette image with colours; convert it to greyscale '
+                           'yourself')
   if mode in ('RGB', 'YCbCr', 'CMYK', 'LAB', 'HSV'):
     return _grey_from_colour(image, path, allow_colour)
   raise BadImageError(path, f'has an unsupported mode {mode!r}')
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
+               colour: str = 'rgb') -> np.ndarray:
+  """Decodes a photograph or an impression: colour stays colour, grey stays one plane.
+
+  A seized collection holds colour photographs as well as greyscale marks; the similarity job
+  feeds colour as RGB (de Bie 2020's setting) and replicates a grey image to three channels.
+
+  Args:
+    path: image file.
+    max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+    colour: ``'rgb'`` keeps real colour as (H, W, 3); ``'luma'`` turns it into grey (ITU-R 601
+      luma, Pillow's ``L``), for matching colour photographs against greyscale marks.
+
+  Returns:
+    (H, W) uint8 for a greyscale image (also a grey scan saved as RGB), (H, W, 3) uint8 RGB for
+    a colour one with ``colour='rgb'``.
+
+  Raises:
+    BadImageError: as :func:`load_greyscale` (transparency, 16-bit, broken files ...).
+    ValueError: an unknown ``colour``.
+  """
+  if colour not in COLOUR_MODES:
+    raise ValueError(f'colour must be one of {COLOUR_MODES}, got {colour!r}')
+  if colour == 'luma':
+    return load_greyscale(path, max_pixels=max_pixels, allow_colour=True)
+  path, image = _decode(path, max_pixels)
+  try:
+    return _to_grey(image, path, allow_colour=False)
+  except ColourImageError:  # opaque real colour (transparency was refused before this)
+    return np.asarray(image.convert('RGB'))
