@@ -17,7 +17,8 @@ Example:
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax.linen as nn
 

@@ -19,7 +19,8 @@ Example:
   >>> x = preprocess_for('vgg16')(images_uint8)  # (B, H, W, 3) float32, BGR, mean-subtracted
 """
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -86,7 +86,7 @@ def file_format(path: str | os.PathLike) -> str:
 
 
 def _format(f: h5py.File, path: str) -> str:
-  root = f['model_weights'] if 'model_weights' in f else f
+  root = f.get('model_weights', f)
   if 'layer_names' in root.attrs:
     return 'legacy'
   if isinstance(f.get('layers'), h5py.Group):
@@ -115,7 +115,7 @@ def read_legacy(path: str | os.PathLike) -> list[tuple[str, list[np.ndarray]]]:
   with _open(path) as f:
     if _format(f, path) != 'legacy':
       raise KerasWeightsFileError(f'{path}: a Keras 3 .weights.h5 file, not the legacy layout')
-    root = f['model_weights'] if 'model_weights' in f else f
+    root = f.get('model_weights', f)
     out = []
     for name in map(_decode, root.attrs['layer_names']):
       if name not in root:

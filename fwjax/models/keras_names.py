@@ -59,19 +59,17 @@ def keras_resnet50_layers(*, include_top: bool = False) -> list[KerasLayer]:
   for s, (stage, num_blocks) in enumerate(KERAS_RESNET50_STAGES):
     for b in range(num_blocks):
       keras_block, flax_block = f'conv{stage}_block{b + 1}', (f'layer{s + 1}', f'block{b}')
-
-      def conv_bn(i: int, flax_conv: str, flax_bn: str) -> list[KerasLayer]:
-        return [KerasLayer('conv2d', flax_block + (flax_conv,), f'{keras_block}_{i}_conv'),
-                KerasLayer('batch_normalization', flax_block + (flax_bn,),
-                           f'{keras_block}_{i}_bn')]
-
-      first, second = conv_bn(1, 'conv1', 'bn1'), conv_bn(2, 'conv2', 'bn2')
-      third = conv_bn(3, 'conv3', 'bn3')
+      conv, bn = {}, {}
+      for i, (flax_conv, flax_bn) in enumerate(
+          [('downsample_conv', 'downsample_bn'), ('conv1', 'bn1'), ('conv2', 'bn2'),
+           ('conv3', 'bn3')]):
+        conv[i] = KerasLayer('conv2d', flax_block + (flax_conv,), f'{keras_block}_{i}_conv')
+        bn[i] = KerasLayer('batch_normalization', flax_block + (flax_bn,),
+                           f'{keras_block}_{i}_bn')
       if b == 0:  # Every stage of ResNet50 starts with a projection shortcut.
-        shortcut = conv_bn(0, 'downsample_conv', 'downsample_bn')
-        layers += first + second + [shortcut[0], third[0], shortcut[1], third[1]]
+        layers += [conv[1], bn[1], conv[2], bn[2], conv[0], conv[3], bn[0], bn[3]]
       else:
-        layers += first + second + third
+        layers += [conv[1], bn[1], conv[2], bn[2], conv[3], bn[3]]
   if include_top:
     layers.append(KerasLayer('dense', ('fc',), 'predictions'))
   return layers

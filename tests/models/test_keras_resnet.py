@@ -68,7 +68,7 @@ def peer(tmp_path_factory):
   return _keras_peer(SMALL, tmp_path_factory.mktemp('keras_resnet50'))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(**kwargs):
   model = bodies.build_body('keras_resnet50', precision='highest', **kwargs)
   return jax.jit(lambda v, x: model.apply(v, x, train=False))

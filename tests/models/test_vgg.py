@@ -62,7 +62,7 @@ def peer(request, tmp_path_factory):
   return depth, _keras_peer(depth, SMALL, tmp_path_factory.mktemp(f'vgg{depth}'))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(arch):
   model = bodies.build_body(arch, precision='highest')
   return jax.jit(lambda v, x: model.apply(v, x, train=False))
