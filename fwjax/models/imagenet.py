@@ -1,9 +1,10 @@
 """ImageNet input preprocessing: the one home of the constants and of each network's convention.
 
 Each function takes RGB images (B, H, W, 3), uint8 or float in 0..255, and returns float32 as
-the weights expect, computing exactly what ``keras.applications.<arch>.preprocess_input`` does
-on a float32 numpy batch (same operations in the same order, so the results are bit for bit
-Keras's):
+the weights expect, with the operations of ``keras.applications.<arch>.preprocess_input`` on a
+float32 numpy batch, in the same order. :func:`caffe` is bit for bit Keras's; :func:`tf` and
+:func:`torch` can differ in the last bits, because XLA (on CPU at least) divides by a broadcast
+constant as a multiplication by its reciprocal:
 
 * :func:`caffe` (VGG16, VGG19, Keras ResNet50; also HED): RGB -> BGR, minus the ImageNet mean
   pixel in BGR order, no scaling (range about -124..152).

@@ -12,8 +12,8 @@ Two layouts exist:
 * **Keras 3** ``.weights.h5`` (``model.save_weights('x.weights.h5')``): ``layers/<class>`` groups
   named by the layer's class in snake case and numbered per class in ``model.layers`` order
   (``conv2d``, ``conv2d_1``, ..., ``batch_normalization``, ``batch_normalization_1``, ...), each
-  with ``vars/0``, ``vars/1``, ... in the layer's weight order. Recent Keras (3.10 and later)
-  also writes the layer's name as the ``name`` attribute of ``vars``. The file does not record
+  with ``vars/0``, ``vars/1``, ... in the layer's weight order. Recent Keras 3 releases (3.15
+  here) also write the layer's name as the ``name`` attribute of ``vars``; older files may not. The file does not record
   the order across classes, so it is read against the architecture's layer list, whose kinds
   give each layer's key.
 
@@ -141,8 +141,8 @@ def read_vars(group: h5py.Group, path: str = 'file') -> tuple[str | None, list[n
     path: the file name for error messages.
 
   Returns:
-    ``(name, [arrays])``: the ``name`` attribute of ``vars`` (None in files written before
-    Keras recorded it) and the arrays in index order.
+    ``(name, [arrays])``: the ``name`` attribute of ``vars`` (None in files that do not record
+    it) and the arrays in index order.
 
   Raises:
     KerasWeightsFileError: no ``vars`` group, or its members are not 0..n-1.

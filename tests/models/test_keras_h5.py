@@ -131,7 +131,7 @@ def test_keras3_keys_number_each_class_in_model_order(every_kind):
 
 
 def test_keras3_files_without_names_are_ordered_by_class(every_kind, tmp_path):
-  """Keras before 3.10 wrote no ``name`` attribute: keys and classes still place each layer."""
+  """Files without the ``name`` attribute (older Keras 3): keys and classes place each layer."""
   _, files = every_kind
   path = tmp_path / 'unnamed.weights.h5'
   path.write_bytes(files['keras3'].read_bytes())
@@ -171,14 +171,19 @@ def _body_weights(arch, seed=0):
 WEIGHT_SUFFIXES = {2: ('kernel', 'bias'), 4: ('gamma', 'beta', 'moving_mean', 'moving_variance')}
 
 
-def _write_legacy(path, weights, extra_layer_names=('input_layer',)):
-  """The layout of Keras's save_weights_to_hdf5_group (TensorFlow-era ':0' suffixes)."""
+def _write_legacy(path, weights, extra_layer_names=('input_layer',), whole_model=False):
+  """The layout of Keras's save_weights_to_hdf5_group (TensorFlow-era ':0' suffixes).
+
+  ``whole_model`` nests it in ``model_weights``, as Keras 2's ``model.save('x.h5')`` does.
+  """
   with h5py.File(path, 'w') as f:
-    f.attrs['layer_names'] = [n.encode() for n in list(extra_layer_names) + [n for n, _ in weights]]
+    root = f.create_group('model_weights') if whole_model else f
+    root.attrs['layer_names'] = [n.encode() for n in
+                                 list(extra_layer_names) + [n for n, _ in weights]]
     for name in extra_layer_names:
-      f.create_group(name).attrs['weight_names'] = np.array([], dtype='S1')
+      root.create_group(name).attrs['weight_names'] = np.array([], dtype='S1')
     for name, arrays in weights:
-      group = f.create_group(name)
+      group = root.create_group(name)
       names = [f'{name}/{s}:0' for s in WEIGHT_SUFFIXES[len(arrays)]]
       group.attrs['weight_names'] = [n.encode() for n in names]
       for n, a in zip(names, arrays):
@@ -199,14 +204,14 @@ def _write_keras3(path, arch, weights):
 
 
 @pytest.mark.parametrize('arch', ['vgg16', 'keras_resnet50'])
-@pytest.mark.parametrize('file_format', ['keras3', 'legacy'])
+@pytest.mark.parametrize('file_format', ['keras3', 'legacy', 'legacy_whole_model'])
 def test_synthetic_files_load_exactly(tmp_path, arch, file_format):
   weights = _body_weights(arch)
   path = tmp_path / ('w.weights.h5' if file_format == 'keras3' else 'w.h5')
   if file_format == 'keras3':
     _write_keras3(path, arch, weights)
   else:
-    _write_legacy(path, weights)
+    _write_legacy(path, weights, whole_model=file_format == 'legacy_whole_model')
   variables = pretrained.load_keras(path, arch, body_kwargs=TINY)
   for layer, (_, arrays) in zip(bodies.keras_layers_for(arch), weights):
     for got, want in zip(_in_keras_order(variables, layer), arrays):
