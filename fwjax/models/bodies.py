@@ -17,21 +17,29 @@ Example:
 """
 
 import functools
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
-from fwjax.models import keras_layers
-from fwjax.models import keras_names
-from fwjax.models import resnet
-from fwjax.models import vgg
+from fwjax.models import (
+  inception_resnet_v2,
+  keras_layers,
+  keras_names,
+  nasnet,
+  resnet,
+  vgg,
+  xception,
+)
 
 CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     'resnet50': functools.partial(resnet.ResNet50, include_top=False),
     'keras_resnet50': functools.partial(resnet.keras_resnet50, include_top=False),
     'vgg16': vgg.vgg16,
     'vgg19': vgg.vgg19,
+    'xception': xception.Xception,
+    'inception_resnet_v2': inception_resnet_v2.InceptionResNetV2,
+    'nasnet_large': nasnet.NASNet,  # its defaults are NASNetLarge's configuration
 }
 """Body constructors; keyword arguments of :func:`build_body` override their defaults."""
 
@@ -40,6 +48,9 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     'keras_resnet50': resnet.FEATURE_KEYS,
     'vgg16': vgg.FEATURE_KEYS,
     'vgg19': vgg.FEATURE_KEYS,
+    'xception': xception.FEATURE_KEYS,
+    'inception_resnet_v2': inception_resnet_v2.FEATURE_KEYS,
+    'nasnet_large': nasnet.FEATURE_KEYS,
 }
 """Names of each body's feature stages, in network order, ending with 'features'."""
 
@@ -48,6 +59,9 @@ PREPROCESSING: dict[str, str] = {
     'keras_resnet50': 'caffe',
     'vgg16': 'caffe',
     'vgg19': 'caffe',
+    'xception': 'tf',
+    'inception_resnet_v2': 'tf',
+    'nasnet_large': 'tf',
 }
 """The :mod:`fwjax.models.imagenet` mode each architecture's pretrained weights expect."""
 
@@ -55,8 +69,29 @@ KERAS_LAYERS: dict[str, Callable[[], list[keras_layers.KerasLayer]]] = {
     'keras_resnet50': keras_names.keras_resnet50_layers,
     'vgg16': functools.partial(keras_names.vgg_layers, 16),
     'vgg19': functools.partial(keras_names.vgg_layers, 19),
+    'xception': keras_names.xception_layers,
+    'inception_resnet_v2': keras_names.inception_resnet_v2_layers,
+    'nasnet_large': keras_names.nasnet_large_layers,
 }
 """Each Keras architecture's weighted layers (without top), in ``model.layers`` order."""
+
+TINY: dict[str, dict[str, Any]] = {
+    'resnet50': {'width': 8},
+    'keras_resnet50': {'width': 8},
+    'vgg16': {'width': 8},
+    'vgg19': {'width': 8},
+    'xception': {'width': 0.125},
+    'inception_resnet_v2': {'width': 0.125},
+    'nasnet_large': {'num_blocks': 1, 'penultimate_filters': 96, 'stem_block_filters': 8},
+}
+"""Constructor arguments of a tiny body with the same structure (tests, random baselines)."""
+
+MIN_SIZE: dict[str, int] = {
+    'resnet50': 32, 'keras_resnet50': 32, 'vgg16': 32, 'vgg19': 32,
+    'xception': xception.MIN_SIZE, 'inception_resnet_v2': inception_resnet_v2.MIN_SIZE,
+    'nasnet_large': nasnet.MIN_SIZE,
+}
+"""The smallest input height and width each body accepts (Keras's own limits)."""
 
 
 def _check(arch: str, table: dict[str, Any], what: str = 'architecture') -> None:
@@ -69,7 +104,7 @@ def build_body(arch: str, **kwargs: Any) -> nn.Module:
 
   Args:
     arch: one of :data:`CONSTRUCTORS` ('resnet50' is torchvision's v1.5, 'keras_resnet50'
-      Keras's v1, 'vgg16', 'vgg19').
+      Keras's v1, 'vgg16', 'vgg19', 'xception', 'inception_resnet_v2', 'nasnet_large').
     **kwargs: attributes of the module, e.g. ``width=8`` for a tiny test model, ``dtype``,
       ``precision='highest'``; ResNets default to ``include_top=False``.
 

@@ -2,7 +2,7 @@
 
 The layout follows Keras's ``InceptionResNetV2`` layer by layer, so its weight files fill this
 model through the explicit layer list
-:func:`fwjax.models.keras_names_b.inception_resnet_v2_layers`:
+:func:`fwjax.models.keras_names.inception_resnet_v2_layers`:
 
 * ``stem``: 3x3/2 'valid', 3x3 'valid', 3x3 'same', max-pool 3x3/2, 1x1 'valid', 3x3 'valid',
   max-pool 3x3/2 (both pools 'valid');

@@ -133,9 +133,8 @@ def fill(target: Mapping[str, Any], layers: Sequence[KerasLayer],
     if check_names and layer.name is not None and name != layer.name:
       problems.append(f'{label}: file has {name!r} where {layer.name!r} belongs')
       continue
-    kind_in_name = name.rsplit('/', 1)[-1]
-    if not check_names and not kind_in_name.startswith(layer.kind):
-      problems.append(f'{label}: a {kind_in_name} where a {layer.kind} belongs')
+    if not check_names and not name.rsplit('/', 1)[-1].startswith(layer.kind):
+      problems.append(f'{label}: a {name.rsplit("/", 1)[-1]} where a {layer.kind} belongs')
       continue
     targets = _targets(layer, params, stats)
     if len(arrays) != len(targets):

@@ -4,7 +4,7 @@ The defaults are NASNetLarge (``NASNet (6 @ 4032)``: stem of 96 channels, three 
 normal cells with reduction cells between, ``skip_reduction=True``, filter multiplier 2);
 ``penultimate_filters=96, num_blocks=1, stem_block_filters=8`` gives a tiny network with the
 same structure for tests. Weights come from Keras through the explicit layer map of
-:mod:`fwjax.models.keras_names_nasnet`: every Flax module of a cell carries Keras's layer name
+:mod:`fwjax.models.keras_names`: every Flax module of a cell carries Keras's layer name
 under ``cell_<block id>`` (``cell_0/normal_conv_1_0``, ``cell_reduce_6/adjust_bn_reduce_6``).
 
 Keras conventions that matter for its weights (each one, done Flax's default way, changes
@@ -282,7 +282,7 @@ class NASNet(nn.Module):
       each of :data:`FEATURE_KEYS` to its activation in ``dtype``: 'stem' (stem_bn1), the
       outputs of the stem reduction cells 'stem_1' and 'stem_2', of the three stacks of
       normal cells 'normal_1'..'normal_3' and of the reductions between them 'reduce_1',
-      'reduce_2' (see :func:`~fwjax.models.keras_names_nasnet.nasnet_stage_layers` for
+      'reduce_2' (see :func:`~fwjax.models.keras_names.nasnet_stage_layers` for
       Keras's names), 'last_relu' (the final ReLU, Keras's ``pooling=None`` output), and
       'features' (B, penultimate_filters) float32, its global average (``pooling='avg'``).
 

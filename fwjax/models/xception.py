@@ -1,7 +1,7 @@
 """Xception (Chollet 2017) in Flax with ``keras.applications.Xception``'s exact conventions.
 
 The layout follows Keras's application layer by layer, so its weight files fill this model
-through the explicit layer list :func:`fwjax.models.keras_names_b.xception_layers`:
+through the explicit layer list :func:`fwjax.models.keras_names.xception_layers`:
 
 * entry flow: ``block1`` (3x3/2 and 3x3 convolutions, both 'valid'), then ``block2``..``block4``,
   each two 3x3 separable convolutions and a 3x3/2 'same' max-pool, added to a strided 1x1

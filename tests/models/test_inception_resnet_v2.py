@@ -17,7 +17,7 @@ import pytest
 from keras.src.utils import naming
 
 from fwjax.models import inception_resnet_v2 as irv2
-from fwjax.models import keras_layers, keras_names_b
+from fwjax.models import keras_layers, keras_names
 
 SIZE = 75
 TOLERANCE = 1e-4  # max|a - b| / max|b| at float32 with precision='highest'
@@ -91,7 +91,7 @@ def images() -> np.ndarray:
 def variables(keras_model) -> dict:
   model = irv2.InceptionResNetV2(precision='highest')
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-  return keras_layers.fill(shapes, keras_names_b.inception_resnet_v2_layers(),
+  return keras_layers.fill(shapes, keras_names.inception_resnet_v2_layers(),
                            keras_layers.from_keras_model(keras_model),
                            where='InceptionResNetV2', check_names=True)
 
@@ -104,7 +104,7 @@ def keras_outputs(keras_model, images) -> dict[str, np.ndarray]:
 
 
 def test_layer_list_follows_keras_order(keras_model):
-  layers = keras_names_b.inception_resnet_v2_layers()
+  layers = keras_names.inception_resnet_v2_layers()
   weighted = [layer for layer in keras_model.layers if layer.get_weights()]
   kinds = [naming.to_snake_case(type(k).__name__) for k in weighted]
   assert [layer.kind for layer in layers] == kinds
@@ -130,7 +130,7 @@ def test_parameter_count_with_top():
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
   # Keras's InceptionResNetV2 with its top: the body plus Dense 1536 -> 1000.
   assert sum(np.size(v) for v in jax.tree_util.tree_leaves(shapes)) == 55_873_736
-  assert len(keras_names_b.inception_resnet_v2_layers(include_top=True)) == 449
+  assert len(keras_names.inception_resnet_v2_layers(include_top=True)) == 449
 
 
 def test_stages_match_keras(variables, images, keras_outputs):
@@ -199,7 +199,7 @@ def test_full_size_with_top_matches_keras():
   randomise_batch_norms(keras_model, seed=3)
   model = irv2.InceptionResNetV2(include_top=True, precision='highest')
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
-  variables = keras_layers.fill(shapes, keras_names_b.inception_resnet_v2_layers(True),
+  variables = keras_layers.fill(shapes, keras_names.inception_resnet_v2_layers(True),
                                 keras_layers.from_keras_model(keras_model), check_names=True)
   assert sum(np.size(v) for v in jax.tree_util.tree_leaves(variables)) == (
       keras_model.count_params())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fwjax.models import keras_layers
-from fwjax.models import keras_names_nasnet
+from fwjax.models import keras_names
 from fwjax.models import nasnet
 
 keras = pytest.importorskip('keras')  # conftest.py runs it on JAX
@@ -41,7 +41,7 @@ def _randomise_batch_norm(model, seed: int) -> None:
 
 def _keras_stages(model, num_blocks: int) -> dict:
   """A Keras model giving the output of every stage named in nasnet.FEATURE_KEYS."""
-  names = keras_names_nasnet.nasnet_stage_layers(num_blocks)
+  names = keras_names.nasnet_stage_layers(num_blocks)
   outputs = {key: model.get_layer(name).output for key, name in names.items()}
   gap = next(l for l in model.layers if type(l).__name__ == 'GlobalAveragePooling2D')
   outputs['last_relu'] = gap.input
@@ -88,7 +88,7 @@ def test_correct_pad_is_tensorflow_same_for_stride_2():
 
 
 def test_layer_order_is_keras_model_layers_order(tiny_keras):
-  ours = keras_names_nasnet.nasnet_large_layers(**TINY, include_top=True)
+  ours = keras_names.nasnet_large_layers(**TINY, include_top=True)
   weighted = [l for l in tiny_keras.layers if l.weights]
   assert [(l.name, l.kind) for l in ours] == [(l.name, KINDS[type(l).__name__])
                                               for l in weighted]
@@ -98,7 +98,7 @@ def test_layer_order_is_keras_model_layers_order(tiny_keras):
 def test_tiny_nasnet_matches_keras(tiny_keras):
   x = _images(TINY_INPUT)
   model = nasnet.NASNet(**TINY, include_top=True, num_classes=5, precision='highest')
-  variables = _flax_variables(model, tiny_keras, x, keras_names_nasnet.nasnet_large_layers(
+  variables = _flax_variables(model, tiny_keras, x, keras_names.nasnet_large_layers(
       **TINY, include_top=True))
   assert _count(variables) == tiny_keras.count_params()
   logits, feats = jax.jit(model.apply)(variables, x)
@@ -115,7 +115,7 @@ def test_tiny_nasnet_train_mode_matches_keras(tiny_keras):
   """Batch statistics and the running-average update (momentum 0.9997) as Keras's."""
   x = _images(TINY_INPUT, batch=4, seed=2)
   model = nasnet.NASNet(**TINY, include_top=True, num_classes=5, precision='highest')
-  layers = keras_names_nasnet.nasnet_large_layers(**TINY, include_top=True)
+  layers = keras_names.nasnet_large_layers(**TINY, include_top=True)
   variables = _flax_variables(model, tiny_keras, x, layers)
   (logits, _), updated = jax.jit(lambda v, x: model.apply(
       v, x, train=True, mutable=['batch_stats']))(variables, x)
@@ -141,7 +141,7 @@ def test_nasnet_large_parameter_count():
   target = jax.eval_shape(nasnet.NASNet().init, jax.random.key(0),
                           jnp.zeros((1, 32, 32, 3)))
   assert _count(target) == NASNET_LARGE_NOTOP_PARAMS
-  layers = keras_names_nasnet.nasnet_large_layers()
+  layers = keras_names.nasnet_large_layers()
   assert len(layers) == 532
   mapped = {l.path for l in layers}
   assert {('stem_conv1',), ('stem_bn1',)} <= mapped
@@ -171,7 +171,7 @@ def test_nasnet_mobile_style_cells_match_keras():
   keras_model = KerasNASNet(input_shape=(72, 72, 3), weights=None, include_top=False,
                             pooling='avg', **config)
   _randomise_batch_norm(keras_model, seed=3)
-  layers = keras_names_nasnet.nasnet_large_layers(**config)
+  layers = keras_names.nasnet_large_layers(**config)
   assert [l.name for l in layers] == [l.name for l in keras_model.layers if l.weights]
   x = _images((72, 72))
   model = nasnet.NASNet(**config, precision='highest')
@@ -190,7 +190,7 @@ def test_nasnet_large_matches_keras():
   _randomise_batch_norm(keras_model, seed=4)
   x = _images((331, 331), batch=1)
   model = nasnet.NASNet(precision='highest')
-  variables = _flax_variables(model, keras_model, x, keras_names_nasnet.nasnet_large_layers())
+  variables = _flax_variables(model, keras_model, x, keras_names.nasnet_large_layers())
   _, feats = jax.jit(model.apply)(variables, x)
   errors = _relative_errors(feats, _keras_stages(keras_model, 6).predict(x, verbose=0))
   assert max(errors.values()) < 1e-4, errors

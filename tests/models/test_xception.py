@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from keras.src.utils import naming
 
-from fwjax.models import keras_layers, keras_names_b, xception
+from fwjax.models import keras_layers, keras_names, xception
 
 SIZE = 71
 TOLERANCE = 1e-4  # max|a - b| / max|b| at float32 with precision='highest'
@@ -82,7 +82,7 @@ def images() -> np.ndarray:
 def variables(keras_model) -> dict:
   model = xception.Xception(precision='highest')
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-  return keras_layers.fill(shapes, keras_names_b.xception_layers(),
+  return keras_layers.fill(shapes, keras_names.xception_layers(),
                            keras_layers.from_keras_model(keras_model), where='Xception',
                            check_names=True)
 
@@ -105,7 +105,7 @@ def test_flax_same_is_tensorflow_same():
 
 
 def test_layer_list_follows_keras_order(keras_model):
-  layers = keras_names_b.xception_layers()
+  layers = keras_names.xception_layers()
   weighted = [layer for layer in keras_model.layers if layer.get_weights()]
   kinds = [naming.to_snake_case(type(k).__name__) for k in weighted]
   assert [layer.kind for layer in layers] == kinds
@@ -128,7 +128,7 @@ def test_parameter_count_with_top():
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
   # Keras's Xception with its top: 22,910,480 (the body plus Dense 2048 -> 1000).
   assert sum(np.size(v) for v in jax.tree_util.tree_leaves(shapes)) == 22_910_480
-  assert len(keras_names_b.xception_layers(include_top=True)) == 81
+  assert len(keras_names.xception_layers(include_top=True)) == 81
 
 
 def test_stages_match_keras(variables, images, keras_outputs):
@@ -185,7 +185,7 @@ def test_full_size_with_top_matches_keras():
   randomise_batch_norms(keras_model, seed=3)
   model = xception.Xception(include_top=True, precision='highest')
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 299, 299, 3)))
-  variables = keras_layers.fill(shapes, keras_names_b.xception_layers(include_top=True),
+  variables = keras_layers.fill(shapes, keras_names.xception_layers(include_top=True),
                                 keras_layers.from_keras_model(keras_model), check_names=True)
   assert sum(np.size(v) for v in jax.tree_util.tree_leaves(variables)) == (
       keras_model.count_params())
