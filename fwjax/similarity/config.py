@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fwjax import distances
+from fwjax.data import images
 from fwjax.models import feature_model
 
 
@@ -44,6 +45,8 @@ class SimilarityConfig:
   html_top: int = 20
   name: str = 'similarity'
   progress: bool = True
+  arch: str = 'resnet50'
+  colour: str = 'rgb'
 
 
 def validate(config: SimilarityConfig) -> None:
@@ -60,4 +63,6 @@ def validate(config: SimilarityConfig) -> None:
     raise ValueError(f'--num_references={config.num_references}: give counts >= 1')
   if config.k < 0:
     raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
-  feature_model.check_stage(config.stage)
+  feature_model.check_stage(config.stage, config.arch)
+  if config.colour not in images.COLOUR_MODES:
+    raise ValueError(f'--colour={config.colour!r}; valid: {", ".join(images.COLOUR_MODES)}')

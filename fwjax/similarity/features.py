@@ -37,12 +37,12 @@ from fwjax import progress as progress_lib
 from fwjax import resample
 from fwjax.data import images as images_lib
 from fwjax import runs
-from fwjax.models import feature_model
+from fwjax.models import bodies, feature_model
 from fwjax.models.feature_model import FeatureError, FeatureModel  # noqa: F401 (re-exported)
 from fwjax.similarity import feature_cache
 
 # Bumped when extraction changes in a way that changes the numbers: old caches are then ignored.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: any body, its own preprocessing; colour images as RGB
 
 
 class Extractor:
@@ -54,8 +54,10 @@ class Extractor:
   """
 
   def __init__(self, model: FeatureModel, stage: str, height: int, width: int, batch_size: int):
-    if height < 32 or width < 32:
-      raise FeatureError(f'resolution {height}x{width} is too small for a ResNet-50 (min 32x32)')
+    low = bodies.MIN_SIZE[model.arch]
+    if height < low or width < low:
+      raise FeatureError(f'resolution {height}x{width} is too small for {model.arch} (min '
+                         f'{low}x{low})')
     devices = jax.local_devices()
     self.batch_size = -(-max(batch_size, 1) // len(devices)) * len(devices)
     self.shape = (self.batch_size, height, width, 3)
@@ -117,13 +119,13 @@ class FeatureSet:
   extract_seconds: float
 
 
-def _load(path: pathlib.Path, composition: str, height: int, width: int,
-          policy: str) -> tuple[np.ndarray | None, str]:
+def _load(path: pathlib.Path, composition: str, height: int, width: int, policy: str,
+          colour: str = 'rgb') -> tuple[np.ndarray | None, str]:
   try:
-    image = images_lib.load_greyscale(path)
+    image = images_lib.load_image(path, colour=colour)
   except (images_lib.BadImageError, OSError) as error:
     return None, str(error) or type(error).__name__
-  return resample.compose(image, composition, height, width, policy=policy), ''
+  return resample.compose_image(image, composition, height, width, policy=policy), ''
 
 
 def _batches(items: Sequence[tuple[str, pathlib.Path]], batch_size: int, load: Callable[..., Any],
@@ -154,6 +156,7 @@ def extract_features(
     extractor: Extractor | None = None,
     workers: int | None = None,
     progress: bool = True,
+    colour: str = 'rgb',
 ) -> FeatureSet:
   """Extracts (or reuses from the cache) the features of every readable image in ``paths``.
 
@@ -175,6 +178,9 @@ def extract_features(
       built here when None.
     workers: decoding threads (default: CPU count, at most 8).
     progress: show a progress bar on stderr.
+    colour: ``'rgb'`` feeds colour photographs as RGB and replicates a greyscale image's
+      composition to three channels; ``'luma'`` turns colour photographs into grey first
+      (``fwjax.data.images.load_image``).
 
   Returns:
     A ``FeatureSet``; unreadable images are in its ``skipped`` list with the reason.
@@ -182,7 +188,10 @@ def extract_features(
   Raises:
     FeatureError: unknown stage, composition or policy.
   """
-  feature_model.check_stage(stage)
+  feature_model.check_stage(stage, model.arch)
+  if colour not in images_lib.COLOUR_MODES:
+    raise FeatureError(f'unknown colour mode {colour!r}; valid: '
+                       f'{", ".join(images_lib.COLOUR_MODES)}')
   if composition not in resample.COMPOSITIONS:
     raise FeatureError(f'unknown composition {composition!r}; valid: '
                        f'{", ".join(resample.COMPOSITIONS)}')
@@ -203,7 +212,7 @@ def extract_features(
       digests.append(None)
       skipped[i] = f'cannot read file: {error.strerror or error}'
   config = dict(version=_CACHE_VERSION, model=model.identity, stage=stage, height=height,
-                width=width, composition=composition, policy=policy)
+                width=width, composition=composition, policy=policy, colour=colour)
   with tempfile.TemporaryDirectory(prefix='fwjax-features-') as scratch:
     cache = feature_cache.FeatureCache(cache_dir if cache_dir is not None else scratch, config,
                                        extractor.dim)
@@ -212,7 +221,8 @@ def extract_features(
       if digest is not None and digest not in cache.rows:
         todo.setdefault(digest, path)
     failed, extract_seconds = _extract_missing(cache, extractor, list(todo.items()), composition,
-                                               height, width, policy, workers, progress)
+                                               height, width, policy, workers, progress,
+                                               colour)
     for i, digest in enumerate(digests):
       if digest is not None and digest in failed:
         skipped[i] = failed[digest]
@@ -226,12 +236,12 @@ def extract_features(
 def _extract_missing(cache: feature_cache.FeatureCache, extractor: Extractor,
                      items: list[tuple[str, pathlib.Path]], composition: str, height: int,
                      width: int, policy: str, workers: int | None,
-                     progress: bool) -> tuple[dict[str, str], float]:
+                     progress: bool, colour: str = 'rgb') -> tuple[dict[str, str], float]:
   """Computes and caches the features of ``items``; returns ({digest: reason}, seconds)."""
   failed: dict[str, str] = {}
   start = time.perf_counter()
   bar = progress_lib.Progress(len(items), 'extracting features', enabled=progress)
-  load = lambda path: _load(path, composition, height, width, policy)  # noqa: E731
+  load = lambda path: _load(path, composition, height, width, policy, colour)  # noqa: E731
   workers = workers or min(os.cpu_count() or 1, 8)
   for batch in _batches(items, extractor.batch_size, load, workers):
     good = [(d, image) for d, _, image, _ in batch if image is not None]

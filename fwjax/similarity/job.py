@@ -137,8 +137,8 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
   # Prepared once: every metric and reference count ranks against the same statistics.
   collection = distances.Collection(items.features)
   store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
-  features_text = (f'resnet50 {model.identity} stage={config.stage} {config.height}x{config.width}'
-                   f' {config.composition} {config.policy}')
+  features_text = (f'{model.identity} stage={config.stage} {config.height}x{config.width}'
+                   f' {config.composition} {config.policy} colour={config.colour}')
   results, curves = [], {}
   for num_refs in config.num_references:
     entries = _rank_and_report(config, out_dir, store, retrieval, refs, items, collection,
@@ -186,7 +186,8 @@ def _build_extractor(config: SimilarityConfig
                                 dict[str, float]]:
   """The model and its compiled extractor, with the thesis's model-build timing."""
   start = time.perf_counter()
-  model = feature_model.build_model(config.weights, width=config.random_width, seed=config.seed)
+  model = feature_model.build_model(config.weights, arch=config.arch, width=config.random_width,
+                                    seed=config.seed)
   loaded = time.perf_counter()
   # Compiled once per process for these weights and shapes (a second run in a notebook or grid
   # reports no compile time).
@@ -205,7 +206,7 @@ def _extract(config: SimilarityConfig, out_dir: pathlib.Path, model: feature_mod
                       composition=config.composition, policy=config.policy,
                       batch_size=config.batch_size, extractor=extractor,
                       cache_dir=config.cache_dir or out_dir / 'feature_cache',
-                      progress=config.progress)
+                      progress=config.progress, colour=config.colour)
   ref_paths = retrieval.reference_paths()
   refs = features_lib.extract_features(model, ref_paths,
                                        out_path=out_dir / 'features' / 'references.npy',

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fwjax.models import feature_model
+from fwjax.models import feature_model, imagenet
 from fwjax.similarity import features
 from fwjax import resample
 
@@ -44,7 +44,7 @@ def _reference_features(model, paths, stage='features', composition='B-B-B', pol
   images = np.stack([
       resample.compose(np.asarray(Image.open(p).convert('L')), composition, HEIGHT, WIDTH,
                        policy=policy) for p in paths]).astype(np.float32) / 255.0
-  x = (images - np.array(feature_model.IMAGENET_MEAN)) / np.array(feature_model.IMAGENET_STD)
+  x = (images - imagenet.IMAGENET_MEAN) / imagenet.IMAGENET_STD
   _, feats = jax.jit(lambda v, x: model.module.apply(v, x, train=False))(
       model.variables, jnp.asarray(x, jnp.float32))
   out = np.asarray(feats[stage])
@@ -76,7 +76,7 @@ def test_torchvision_weights_reproduce_pytorch_features(shared_dir):
   fixture = shared_dir / 'fixtures' / 'resnet50_parity'
   expected = np.load(fixture / 'activations.npz')['shoeprint352x144/features'][0]
   model = feature_model.build_model(fixture / 'resnet50_w8_torchvision.safetensors')
-  assert model.width == 8 and model.identity.startswith('sha256:')
+  assert model.width == 8 and model.identity.startswith('resnet50-sha256:')
   with jax.default_matmul_precision('float32'):
     result = features.extract_features(
         model, [shared_dir / 'data' / 'fid300_dev' / 'references' / '00001.png'], height=352,
@@ -154,7 +154,7 @@ def test_random_init_is_deterministic_and_named():
   a = feature_model.build_model(None, width=8, seed=3)
   b = feature_model.build_model(None, width=8, seed=3)
   c = feature_model.build_model(None, width=8, seed=4)
-  assert a.identity == b.identity == 'random-seed-3-width-8' != c.identity
+  assert a.identity == b.identity == 'resnet50-random-seed-3-width-8' != c.identity
   leaves_a, leaves_c = jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(c.variables)
   assert all(np.array_equal(x, y) for x, y in zip(leaves_a, jax.tree_util.tree_leaves(b.variables)))
   assert not all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_c))
@@ -170,7 +170,7 @@ def test_descriptor_checkpoint_body_gives_the_same_features(tmp_path, model, ext
           'batch_stats': {'body': model.variables['batch_stats']}}
   folder = checkpoint.save_variables(tmp_path / 'ckpt', tree)
   loaded = feature_model.build_model(folder)
-  assert loaded.width == 8 and loaded.identity.startswith('sha256:')
+  assert loaded.width == 8 and loaded.identity.startswith('resnet50-sha256:')
   paths = _write_images(tmp_path / 'imgs', 3)
   kwargs = dict(height=HEIGHT, width=WIDTH, batch_size=8, progress=False)
   np.testing.assert_allclose(features.extract_features(loaded, paths, **kwargs).features,

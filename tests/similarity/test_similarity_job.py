@@ -187,7 +187,7 @@ def test_bad_input_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match='collection is empty'):
     similarity.run_similarity(_config(tmp_path, collection_dir=str(empty),
                                       references=(str(good),)))
-  with pytest.raises(ValueError, match='valid stages: features, layer1'):
+  with pytest.raises(ValueError, match='valid stages: stem, maxpool, layer1'):
     similarity.run_similarity(_config(tmp_path, collection_dir=str(folder),
                                       references=(str(good),), stage='layer7'))
   with pytest.raises(ValueError, match="unknown metric 'hamming'"):
