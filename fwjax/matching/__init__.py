@@ -32,13 +32,16 @@ how accurate); they agree with the float64 loop of :mod:`fwjax.matching.referenc
 on maps whose windows hold a fair share of their channel's energy, and every ``ncc_c`` is
 clipped to [-1, 1].
 
-Sizes. Probes of different shapes are padded to the largest with masks (zero cost in the FFT,
-whose canvas is set by the references and margins); references of different shapes are
-padded to the largest (H, W), each in its top-left corner, with their true sizes in
-``reference_sizes`` (:func:`pack_references` writes such an array, in memory or as a .npy). The
-cost: every pair pays for the canvas of the largest padded reference,
-``fft_length(max(H + 2 pad, h))`` by the same in W; for FID-300's references (widths 156-270
-px) the canvas is at most ~1.3x a width-matched one. Split very unequal collections by size.
+Sizes. Probes of different shapes are padded with masks to a common shape, references to the
+largest (H, W), each in its top-left corner, with their true sizes in ``reference_sizes``
+(:func:`pack_references` writes such an array, in memory or as a .npy). The FFT canvas must
+hold the largest padded reference, ``max(H + 2 pad, h)`` by the same in W, and a probe's cost
+grows with its canvas's area, so probes are grouped by the canvas they need
+(:func:`fwjax.matching.kernels.plan`; each group pays for its own reference spectra) instead of
+all paying for the largest. What padding costs: each pair is computed on the canvas of its
+group, set by the call's largest reference; for FID-300's references (widths 156-270 px) that
+is at most ~1.3x the area a width-matched canvas would have. Split very unequal collections by
+size.
 
 Streaming. :func:`topk` and :func:`rank` read references in chunks from a numpy array, a jax
 array, an ``np.memmap`` or a .npy path (memory-mapped; resident memory stays bounded), split
@@ -168,13 +171,9 @@ def pack_references(maps: Sequence[ArrayLike], path: str | os.PathLike | None = 
 
 
 class _Probes(NamedTuple):
-  """Transformed, centred and normalised probes, padded to one shape, ordered by mask."""
-  a: np.ndarray  # (T, h, w, C) float32, T = probes x transforms in scan order
-  masks: np.ndarray  # (T, h, w) float32
-  counts: np.ndarray  # (T,) float32
-  geometry: np.ndarray  # (4, T) int32: h, w, pad_y, pad_x
-  new_mask: np.ndarray  # (T,) bool
-  unsort: np.ndarray  # (P * K,) positions in scan order of probe-major (probe, transform)
+  """Transformed, centred and normalised probes in canvas groups (kernels.plan)."""
+  groups: list[kernels.ProbeGroup]
+  unsort: np.ndarray  # (P * K,) position in the groups' concatenation of (probe, transform)
   num_probes: int
   num_transforms: int
 
@@ -188,8 +187,9 @@ def _as_maps(probes) -> list[np.ndarray]:
   return [np.asarray(p) for p in probes]
 
 
-def _prepare_probes(probes, probe_masks, channels: int, margin: float, flip: bool,
-                    rotations) -> _Probes:
+def _prepare_probes(probes, probe_masks, channels: int, margin: float, flip: bool, rotations,
+                    ref_h: int, ref_w: int) -> _Probes:
+  """Validated probes, transformed (flip-major), centred and grouped for the kernels."""
   maps = _as_maps(probes)
   if not maps:
     raise ValueError('probes: no probe given')
@@ -201,7 +201,7 @@ def _prepare_probes(probes, probe_masks, channels: int, margin: float, flip: boo
     if len(masks) != len(maps):
       raise ValueError(f'probe_masks: {len(masks)} masks for {len(maps)} probes')
   chosen = transforms(flip, rotations)
-  prepared, keys = [], []
+  prepared = []
   for i, (p, m) in enumerate(zip(maps, masks)):
     if p.ndim != 3 or min(p.shape) == 0:
       raise ValueError(f'probe {i}: expected a non-empty (h, w, C) map, got shape {p.shape}')
@@ -222,36 +222,9 @@ def _prepare_probes(probes, probe_masks, channels: int, margin: float, flip: boo
       if not mt.any():
         raise ValueError(f'probe {i}: its mask has no true cell after rotating by {angle} deg')
       prepared.append((kernels.prepare_probe(pt, mt), mt))
-  height = max(a.shape[0] for a, _ in prepared)
-  width = max(a.shape[1] for a, _ in prepared)
-  total = len(prepared)
-  a_all = np.zeros((total, height, width, channels), np.float32)
-  m_all = np.zeros((total, height, width), np.float32)
-  for t, (a, mt) in enumerate(prepared):
-    a_all[t, :a.shape[0], :a.shape[1]] = a
-    m_all[t, :mt.shape[0], :mt.shape[1]] = mt
-    keys.append(m_all[t].tobytes())
-  # Probes sharing a mask (all those without one, of one shape) share the window statistics:
-  # sort by mask so the kernel recomputes them only when the mask changes.
-  first_of = {}
-  group = np.array([first_of.setdefault(key, t) for t, key in enumerate(keys)])
-  order = np.argsort(group, kind='stable')
-  new_mask = np.ones(total, bool)
-  new_mask[1:] = group[order][1:] != group[order][:-1]
-  sizes = np.array([a.shape[:2] for a, _ in prepared], np.int64)
-  pads = np.floor(margin * sizes + 0.5).astype(np.int64)  # kernels.padding's pad
-  geometry = np.stack([sizes[:, 0], sizes[:, 1], pads[:, 0], pads[:, 1]]).astype(np.int32)
-  return _Probes(
-      a=a_all[order], masks=m_all[order], counts=m_all.sum(axis=(1, 2))[order].astype(np.float32),
-      geometry=geometry[:, order], new_mask=new_mask, unsort=np.argsort(order),
-      num_probes=len(maps), num_transforms=len(chosen))
-
-
-def _canvas(probes: _Probes, ref_h: int, ref_w: int) -> tuple[int, int]:
-  """FFT size holding every padded reference of the call (the largest reference and pad)."""
-  h, w, pad_y, pad_x = probes.geometry
-  return (kernels.fft_length(int(np.max(np.maximum(ref_h + 2 * pad_y, h)))),
-          kernels.fft_length(int(np.max(np.maximum(ref_w + 2 * pad_x, w)))))
+  groups = kernels.plan(prepared, margin, ref_h, ref_w)
+  unsort = np.argsort(np.concatenate([g.members for g in groups]))
+  return _Probes(groups, unsort, len(maps), len(chosen))
 
 
 class _References(NamedTuple):
@@ -297,59 +270,60 @@ def _references(references, reference_sizes) -> _References:
 
 
 def _merge(best, new, k: int):
-  """(score, index, offset, transform) running best ``k`` by score descending, index."""
+  """(score, index, y, x, transform) running best ``k`` by score descending, then index."""
   keyed = [jnp.concatenate([b, n], axis=1) for b, n in zip(best, new)]
-  neg, index, offset, transform = lax.sort((-keyed[0], *keyed[1:]), dimension=1, num_keys=2)
-  return -neg[:, :k], index[:, :k], offset[:, :k], transform[:, :k]
+  neg, *rest = lax.sort((-keyed[0], *keyed[1:]), dimension=1, num_keys=2)
+  return (-neg[:, :k], *(v[:, :k] for v in rest))
+
+
+_GROUP_FIELDS = ('a', 'masks', 'counts', 'geometry', 'new_mask')
 
 
 @functools.lru_cache(maxsize=32)
-def _step(the_mesh: Mesh, shape: tuple[int, int, int], canvas: tuple[int, int],
+def _step(the_mesh: Mesh, shape: tuple[int, int, int], canvases: tuple[tuple[int, int], ...],
           num_probes: int, num_transforms: int, k: int):
   """Jitted per-chunk step: sharded pair scores, the best transform, a running top-k."""
   height, width, channels = shape
+  fields = len(_GROUP_FIELDS)
 
-  def per_shard(refs, sizes, a, masks, counts, geometry, new_mask, unsort, first_index,
-                num_items):
+  def per_shard(refs, sizes, unsort, first_index, num_items, *groups):
     refs = refs.reshape(refs.shape[0], height, width, channels)
-    best, where, bad = kernels.chunk_scores(refs, sizes, a, masks, counts, geometry, new_mask,
-                                            canvas=canvas)
-    best = best[unsort].reshape(num_probes, num_transforms, -1)
-    where = where[unsort].reshape(num_probes, num_transforms, -1)
+    parts = [kernels.chunk_scores(refs, sizes, *groups[g * fields:(g + 1) * fields],
+                                  canvas=canvas) for g, canvas in enumerate(canvases)]
+    best, y, x = (jnp.concatenate([part[i] for part in parts])[unsort].reshape(
+        num_probes, num_transforms, -1) for i in range(3))
+    bad = parts[0][3]
     transform = jnp.argmax(best, axis=1).astype(jnp.int32)  # the first of equal maxima
-    score = jnp.take_along_axis(best, transform[:, None], axis=1)[:, 0]
-    offset = jnp.take_along_axis(where, transform[:, None], axis=1)[:, 0]
+    score, y, x = (jnp.take_along_axis(v, transform[:, None], axis=1)[:, 0] for v in (best, y, x))
     index = (first_index + lax.axis_index(_AXIS) * refs.shape[0]
              + jnp.arange(refs.shape[0], dtype=jnp.int32))
     valid = index < num_items
     score = jnp.where(valid[None], score, -jnp.inf)
     index = jnp.broadcast_to(jnp.where(valid, index, kernels.NO_INDEX), score.shape)
     first_bad = jnp.min(jnp.where(bad & valid, index[0], kernels.NO_INDEX))[None]
+    found = (score, index, y, x, transform)
     if k:
-      top = min(k, refs.shape[0])
-      score, index, offset, transform = _merge(
-          (score[:, :0], index[:, :0], offset[:, :0], transform[:, :0]),
-          (score, index, offset, transform), top)
-    return score, index, offset, transform, first_bad
+      found = _merge(tuple(v[:, :0] for v in found), found, min(k, refs.shape[0]))
+    return *found, first_bad
 
   replicated, by_item = P(), P(_AXIS)
   sharded = jax.shard_map(
       per_shard, mesh=the_mesh,
-      in_specs=(P(_AXIS, None), P(_AXIS, None)) + (replicated,) * 8,
-      out_specs=(P(None, _AXIS),) * 4 + (by_item,))
+      in_specs=(P(_AXIS, None), P(_AXIS, None)) + (replicated,) * (3 + fields * len(canvases)),
+      out_specs=(P(None, _AXIS),) * 5 + (by_item,))
 
   def step(best, refs, sizes, *rest):
-    score, index, offset, transform, first_bad = sharded(refs, sizes, *rest)
+    *found, first_bad = sharded(refs, sizes, *rest)
     if k:
-      score, index, offset, transform = _merge(best, (score, index, offset, transform), k)
-    return (score, index, offset, transform), first_bad
+      found = _merge(best, tuple(found), k)
+    return tuple(found), first_bad
 
   return jax.jit(step)
 
 
-def _chunk_rows(chunk_size: int | None, shape, canvas, num_devices: int, num: int) -> int:
+def _chunk_rows(chunk_size: int | None, shape, canvases, num_devices: int, num: int) -> int:
   if chunk_size is None:
-    per_ref = 10 * 4 * shape[2] * canvas[0] * canvas[1]
+    per_ref = 10 * 4 * shape[2] * max(a * b for a, b in canvases)
     chunk_size = max(1, _WORK_BYTES // per_ref) * num_devices
   if chunk_size < 1:
     raise ValueError(f'chunk_size: must be positive, got {chunk_size}')
@@ -366,27 +340,27 @@ def _run(probes, references, *, probe_masks, reference_sizes, margin, flip, rota
   num = refs.source.num
   if k and not 1 <= k <= num:
     raise ValueError(f'k: must be in [1, N={num}], got {k}; use rank() for a full order')
-  prepared = _prepare_probes(probes, probe_masks, refs.shape[2], margin, flip, rotations)
-  canvas = _canvas(prepared, int(refs.sizes[:, 0].max()), int(refs.sizes[:, 1].max()))
+  prepared = _prepare_probes(probes, probe_masks, refs.shape[2], margin, flip, rotations,
+                             int(refs.sizes[:, 0].max()), int(refs.sizes[:, 1].max()))
+  canvases = tuple(g.canvas for g in prepared.groups)
   the_mesh = _ranking.mesh()
   num_devices = the_mesh.devices.size
-  rows = _chunk_rows(chunk_size, refs.shape, canvas, num_devices, num)
-  step = _step(the_mesh, refs.shape, canvas, prepared.num_probes, prepared.num_transforms, k)
+  rows = _chunk_rows(chunk_size, refs.shape, canvases, num_devices, num)
+  step = _step(the_mesh, refs.shape, canvases, prepared.num_probes, prepared.num_transforms, k)
   replicated = NamedSharding(the_mesh, P())
   by_item = NamedSharding(the_mesh, P(_AXIS, None))
-  constants = [jax.device_put(x, replicated) for x in (
-      prepared.a, prepared.masks, prepared.counts, prepared.geometry,
-      prepared.new_mask, prepared.unsort.astype(np.int32))]
+  constants = [jax.device_put(prepared.unsort.astype(np.int32), replicated)]
+  groups = [jax.device_put(getattr(g, name), replicated) for g in prepared.groups
+            for name in _GROUP_FIELDS]
   num_probes = prepared.num_probes
   best = (jnp.full((num_probes, k), -jnp.inf, jnp.float32),
           jnp.full((num_probes, k), kernels.NO_INDEX, jnp.int32),
-          jnp.zeros((num_probes, k), jnp.int32), jnp.zeros((num_probes, k), jnp.int32))
+          *(jnp.zeros((num_probes, k), jnp.int32) for _ in range(3)))
   best = jax.device_put(best, replicated)
   starts = list(range(0, num, rows))
   sizes = np.zeros((len(starts) * rows, 2), np.int32)  # padding rows: size (0, 0)
   sizes[:num] = refs.sizes
-  full = None if k else [np.empty((num_probes, num), dt) for dt in (np.float32, np.int32,
-                                                                     np.int32)]
+  full = None if k else [np.empty((num_probes, num), dt) for dt in (np.float32, *[np.int32] * 3)]
   buffers = [None] * 3
 
   def load(n):
@@ -405,7 +379,7 @@ def _run(probes, references, *, probe_masks, reference_sizes, margin, flip, rota
       raise ValueError(f'reference {bad} has a NaN or Inf value within its size')
     if result is not None:
       count = min(rows, num - start)
-      for out, part in zip(full, (result[0], result[2], result[3])):
+      for out, part in zip(full, (result[0], *result[2:])):
         out[:, start:start + count] = np.asarray(part)[:, :count]
 
   # One worker reads chunk n+1 (a copy, a file read) while the devices compute chunk n; chunk
@@ -418,7 +392,7 @@ def _run(probes, references, *, probe_masks, reference_sizes, margin, flip, rota
       if n + 1 < len(starts):
         future = pool.submit(load, n + 1)
       result, first_bad = step(best, x, chunk_sizes, *constants, jnp.int32(start),
-                               jnp.int32(num))
+                               jnp.int32(num), *groups)
       if k:
         best = result
       del x, chunk_sizes
@@ -426,15 +400,10 @@ def _run(probes, references, *, probe_masks, reference_sizes, margin, flip, rota
         check(pending)
       pending = (start, first_bad, None if k else result)
     check(pending)
-  if k:
-    score, index, offset, transform = (np.asarray(b) for b in best)
-    return score, index.astype(np.int64), _offsets(offset, canvas), transform.astype(np.int64)
-  return full[0], None, _offsets(full[1], canvas), full[2].astype(np.int64)
-
-
-def _offsets(flat: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
-  y, x = np.divmod(flat.astype(np.int64), canvas[1])
-  return np.stack([y, x], axis=-1)
+  score, index, y, x, transform = [np.asarray(b) for b in best] if k else [full[0], None,
+                                                                           *full[1:]]
+  return (score, None if index is None else index.astype(np.int64),
+          np.stack([y, x], axis=-1).astype(np.int64), transform.astype(np.int64))
 
 
 def mcncc(probes: ArrayLike, references: ArrayLike, *, probe_masks=None,
@@ -538,15 +507,14 @@ def score_map(probe: ArrayLike, reference: ArrayLike, *, probe_mask=None,
                      f'{reference.shape}')
   if not np.isfinite(reference).all():
     raise ValueError('reference 0 has a NaN or Inf value within its size')
-  prepared = _prepare_probes([probe], None if probe_mask is None else [probe_mask],
-                             reference.shape[2], margin, False, ())
   big_h, big_w = reference.shape[:2]
-  canvas = _canvas(prepared, big_h, big_w)
-  h, w = int(prepared.geometry[0, 0]), int(prepared.geometry[1, 0])
-  _, _, _, view = kernels.score_views(
-      reference[None].astype(np.float32), np.array([[big_h, big_w]], np.int32), prepared.a,
-      prepared.masks, prepared.counts, prepared.geometry, prepared.new_mask,
-      canvas=canvas)
+  prepared = _prepare_probes([probe], None if probe_mask is None else [probe_mask],
+                             reference.shape[2], margin, False, (), big_h, big_w)
+  group, = prepared.groups
+  h, w = int(group.geometry[0, 0]), int(group.geometry[1, 0])
+  *_, view = kernels.score_views(
+      reference[None].astype(np.float32), np.array([[big_h, big_w]], np.int32),
+      *(getattr(group, name) for name in _GROUP_FIELDS), canvas=group.canvas)
   top, bottom = padding(h, big_h, margin)
   left, right = padding(w, big_w, margin)
   return np.asarray(view[0, 0, :big_h + top + bottom - h + 1, :big_w + left + right - w + 1])

@@ -1,7 +1,7 @@
 """MCNCC kernels: FFT correlation of probe maps with a chunk of reference maps, jit-compiled.
 
 All three correlations MCNCC needs are done in the frequency domain, over a canvas of
-``(L1, L2)`` cells that holds every padded reference of the call:
+``(L1, L2)`` cells that holds every padded reference of the call for a group of probes:
 
 * ``num_c``: the probe's centred, unit-norm channel ``a_c`` (zero off the mask) against the
   reference channel ``r_c``. As ``sum(a_c) = 0`` the window's mean drops out, so the window
@@ -19,10 +19,11 @@ GPU the same reasoning holds: cuFFT is bound by memory traffic (~16 bytes per ca
 channel and correlation), while the direct form at full float32 precision (no TF32) is bound by
 the non-tensor-core float32 rate.
 
-Reference spectra are computed once per chunk and shared by all probes; each probe costs one
-inverse FFT per channel and reference, plus two for the window statistics whenever its mask
-differs from the previous probe's (probes are sorted by mask, so probes without masks and of
-one shape share them).
+Reference spectra are computed once per chunk and canvas and shared by all probes of that
+canvas (:func:`plan` groups the probes by the canvas they need); each probe costs one inverse
+FFT per channel and reference, plus two for the window statistics whenever its mask differs
+from the previous probe's (probes are sorted by mask, so probes without masks and of one shape
+share them).
 
 Accuracy. Float32 FFT rounding is spread over every output: an output's error is about 1e-7
 times the norm of the whole canvas, not of its window. Windows with little of the channel's
@@ -34,6 +35,7 @@ the reference channel's mean square over its cells) counts as flat (``ncc_c = 0`
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 from jax import lax
@@ -150,6 +152,92 @@ def prepare_probe(probe: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return (centred * scale).astype(np.float32)
 
 
+class ProbeGroup(NamedTuple):
+  """Probes matched on one FFT canvas: padded to one shape, sorted by mask.
+
+  Attributes:
+    canvas: (L1, L2).
+    a: (T, h, w, C) float32 from :func:`prepare_probe`, zero-padded.
+    masks: (T, h, w) float32 0/1.
+    counts: (T,) float32 mask cells n.
+    geometry: (4, T) int32 rows: probe h, probe w, pad_y, pad_x.
+    new_mask: (T,) bool, True where the mask differs from the previous probe's.
+    members: (T,) int64 positions of these probes in the list given to :func:`plan`.
+  """
+  canvas: tuple[int, int]
+  a: np.ndarray
+  masks: np.ndarray
+  counts: np.ndarray
+  geometry: np.ndarray
+  new_mask: np.ndarray
+  members: np.ndarray
+
+
+def plan(probes: list[tuple[np.ndarray, np.ndarray]], margin: float, ref_h: int,
+         ref_w: int) -> list[ProbeGroup]:
+  """Groups prepared probes (a, mask) by FFT canvas, minimising the estimated FFT work.
+
+  Each probe needs a canvas of at least ``max(H + 2 pad, h)`` by the same in W, for the
+  largest reference (H, W) of the call; on a larger canvas its cost grows with the area. A
+  group costs, per reference and channel, its canvas area times (2 forward transforms of the
+  reference, shared) + (per probe, 1 inverse transform + 2 for the window statistics, shared by
+  the probes with the same mask). Sorted by their own canvas area, the probes are split into
+  the contiguous groups of least total cost (dynamic programming): FID-300-like probes of
+  heights 24-74 fall into a few groups instead of all paying for the largest canvas.
+  """
+  sizes = np.array([m.shape for _, m in probes], np.int64)
+  pads = np.floor(margin * sizes + 0.5).astype(np.int64)  # padding()'s pad
+  canvases = np.array([[fft_length(int(max(ref_h + 2 * py, h))),
+                        fft_length(int(max(ref_w + 2 * px, w)))]
+                       for (h, w), (py, px) in zip(sizes, pads)], np.int64)
+  keys = [(m.shape, m.tobytes()) for _, m in probes]
+  shares = {key: keys.count(key) for key in set(keys)}
+  work = np.array([1.0 + 2.0 / shares[key] for key in keys])
+  order = np.lexsort((canvases[:, 1], canvases[:, 0], canvases.prod(axis=1)))
+  best = [0.0] + [math.inf] * len(order)
+  start_of = [0] * (len(order) + 1)
+  for stop in range(1, len(order) + 1):
+    tall = wide = 0
+    total = 2.0
+    for start in range(stop - 1, -1, -1):
+      t = order[start]
+      tall, wide = max(tall, canvases[t, 0]), max(wide, canvases[t, 1])
+      total += work[t]
+      cost = best[start] + tall * wide * total
+      if cost < best[stop]:
+        best[stop], start_of[stop] = cost, start
+  bounds, stop = [], len(order)
+  while stop:
+    bounds.append((start_of[stop], stop))
+    stop = start_of[stop]
+  return [_group([probes[t] for t in order[i:j]], order[i:j], pads[order[i:j]],
+                 tuple(int(v) for v in canvases[order[i:j]].max(axis=0)))
+          for i, j in reversed(bounds)]
+
+
+def _group(probes, members, pads, canvas) -> ProbeGroup:
+  height = max(a.shape[0] for a, _ in probes)
+  width = max(a.shape[1] for a, _ in probes)
+  count = len(probes)
+  a_all = np.zeros((count, height, width, probes[0][0].shape[2]), np.float32)
+  masks = np.zeros((count, height, width), np.float32)
+  for t, (a, m) in enumerate(probes):
+    a_all[t, :a.shape[0], :a.shape[1]] = a
+    masks[t, :m.shape[0], :m.shape[1]] = m
+  # Probes sharing a mask (those without one, of one shape) share the window statistics:
+  # sorted by mask, the kernel recomputes them only where the mask changes.
+  first_of = {}
+  key = np.array([first_of.setdefault(masks[t].tobytes(), t) for t in range(count)])
+  order = np.argsort(key, kind='stable')
+  new_mask = np.ones(count, bool)
+  new_mask[1:] = key[order][1:] != key[order][:-1]
+  sizes = np.array([m.shape for _, m in probes], np.int64)
+  geometry = np.stack([sizes[:, 0], sizes[:, 1], pads[:, 0], pads[:, 1]]).astype(np.int32)
+  return ProbeGroup(canvas, a_all[order], masks[order],
+                    masks.sum(axis=(1, 2))[order].astype(np.float32), geometry[:, order],
+                    new_mask, np.asarray(members)[order].astype(np.int64))
+
+
 def _geometry(size, pad, ref_size):
   """Per (probe, reference): padding before, and the number of offsets, in one dimension."""
   short = jnp.maximum(size - ref_size - 2 * pad, 0)
@@ -239,7 +327,7 @@ def chunk_scores(refs, sizes, a, masks, counts, geometry, new_mask, *,
     full: also return every pair's (L1, L2) offset view (small inputs only).
 
   Returns:
-    (best (T, N) float32, flat offset index y * L2 + x (T, N) int32, non-finite flags (N,)
+    (best (T, N) float32, its offset y (T, N) int32, x (T, N) int32, non-finite flags (N,)
     bool), and with ``full`` the views (T, N, L1, L2).
   """
   spectrum, spectrum_sq, energy, bad = _reference_spectra(refs, sizes, canvas)
@@ -262,7 +350,8 @@ def chunk_scores(refs, sizes, a, masks, counts, geometry, new_mask, *,
   # devices like the statistics that replace it.
   init = jnp.broadcast_to(jnp.zeros_like(energy)[:, :, None, None], shape)
   _, out = lax.scan(per_probe, init, (a, masks, counts, geometry.T, new_mask))
-  return (*out[:2], bad) + ((out[2],) if full else ())
+  y, x = jnp.divmod(out[1], canvas[1])
+  return (out[0], y, x, bad) + ((out[2],) if full else ())
 
 
 @functools.partial(jax.jit, static_argnames=('canvas',))

@@ -288,3 +288,19 @@ def test_bad_inputs_name_the_probe_or_reference():
     matching.mcncc([probe], refs, rotations=(0.0,))
   with pytest.raises(ValueError, match='k: must be in'):
     matching.topk([probe], refs, 7)
+
+
+def test_probes_far_apart_in_size_get_their_own_canvas():
+  rng = np.random.default_rng(13)
+  small = (_relu_maps(rng, (2, 2, 6)), np.ones((2, 2), bool))
+  large = (_relu_maps(rng, (30, 9, 6)), np.ones((30, 9), bool))
+  similar = (_relu_maps(rng, (3, 2, 6)), np.ones((3, 2), bool))
+  groups = kernels.plan([small, large, similar], 0.5, 10, 8)
+  assert sorted(sorted(g.members.tolist()) for g in groups) == [[0, 2], [1]]
+  assert groups[0].canvas[0] < groups[1].canvas[0]
+  refs = _relu_maps(rng, (3, 10, 8, 6))
+  probes = [p for p, _ in (small, large, similar)]
+  got = matching.mcncc(probes, refs)
+  for p, probe in enumerate(probes):
+    for n in range(3):
+      _assert_same_best(got, p, n, probe, refs[n], None, matching.DEFAULT_MARGIN)
