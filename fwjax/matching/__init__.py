@@ -13,8 +13,9 @@ default all) is matched against a reference map ``r`` (H, W, C):
   ``ncc_c = sum(a b) / sqrt(sum(a^2) sum(b^2))``, and ``mcncc(y, x) = mean_c ncc_c``.
 * A flat channel carries no evidence: ``ncc_c = 0`` when ``sum(a^2) <= FLAT_RTOL sum(p_c^2)``
   (the probe) or ``sum(b^2) <= FLAT_RTOL n E_c`` (the window; ``E_c`` is the reference
-  channel's mean square over its H x W cells, a scale that float32 rounding cannot fake).
-  ``FLAT_RTOL = 1e-4``; exact zeros (constant channels, windows all padding) are flat.
+  channel's mean square over its H x W cells: float32 FFT rounding is spread over the whole
+  map, so a window's variance is only resolved relative to that scale). ``FLAT_RTOL = 1e-4``;
+  exact zeros (constant channels, windows all padding) are flat.
 * The pair's score is the maximum over offsets; its best offset (y, x) is that of the padded
   reference (the window's top-left cell is reference cell ``(y - top, x - left)`` with
   ``(top, _), (left, _) = padding(h, H, margin), padding(w, W, margin)``). Ties go to the first
@@ -32,8 +33,8 @@ how accurate); they agree with the float64 loop of :mod:`fwjax.matching.referenc
 on maps whose windows hold a fair share of their channel's energy, and every ``ncc_c`` is
 clipped to [-1, 1].
 
-Sizes. Probes of different shapes are padded with masks to a common shape, references to the
-largest (H, W), each in its top-left corner, with their true sizes in ``reference_sizes``
+Sizes. Probes of different shapes are padded with masks to a common shape (per canvas group,
+below), references to the largest (H, W), each in its top-left corner, with their true sizes in ``reference_sizes``
 (:func:`pack_references` writes such an array, in memory or as a .npy). The FFT canvas must
 hold the largest padded reference, ``max(H + 2 pad, h)`` by the same in W, and a probe's cost
 grows with its canvas's area, so probes are grouped by the canvas they need
@@ -80,9 +81,10 @@ from fwjax.matching import kernels
 
 FLAT_RTOL = kernels.FLAT_RTOL
 DEFAULT_MARGIN = 0.5
-"""Half the probe may hang over each edge of the reference: crime-scene marks are often
-partial prints of the sole's border, so the best window can lie partly outside the
-reference. Larger margins cost canvas area (and admit more chance matches at the borders)."""
+"""Half the probe may hang over each edge of the reference: a crime-scene mark is often a
+partial print, cropped loosely, whose best window can lie partly outside the reference. Larger
+margins cost canvas area (and admit more chance matches at the borders); the FID-300 tuning
+task is where this value gets chosen."""
 
 _WORK_BYTES = 512 << 20  # per device: ~10 canvas-sized float32 arrays per reference in a chunk
 _AXIS = 'items'

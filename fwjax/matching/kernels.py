@@ -9,15 +9,17 @@ All three correlations MCNCC needs are done in the frequency domain, over a canv
 * ``S1_c``, ``S2_c``: the mask against ``r_c`` and ``r_c^2``, giving each window's sum and sum of
   squares under the mask, so ``sum(b^2) = S2 - S1^2 / n``.
 
-Why FFT, measured on the 2-core CPU this was written on (FID-300 sizes: a 51x25 probe against a
-73x26 reference padded to 99x38, 256 channels): XLA's grouped convolution with the probe as the
-filter ran at 1.4-9.4 GFLOP/s (3-21 pairs/s for the numerator alone, 1 and 8 probes against 8
-references), against 61-144 pairs/s for the FFT numerator; the direct forms cost 2 h w C
-multiply-adds per offset and correlation (~0.45 GFLOP per pair and correlation here), the FFT
-one inverse transform of the canvas per channel (~0.12 MFLOP), 15-20x fewer operations. On a
-GPU the same reasoning holds: cuFFT is bound by memory traffic (~16 bytes per canvas cell and
-channel and correlation), while the direct form at full float32 precision (no TF32) is bound by
-the non-tensor-core float32 rate.
+Why FFT, measured with ``kernels/bench_matching.py`` on the shared 2-core CPU this was written
+on (FID-300 sizes: masked probes of 24-74 x 15-30 cells against references of 73 x 20-34, 256
+channels, margin 0.5): the direct form costs 3 correlations of 2 n C flops per offset, ~3 GFLOP
+per pair. XLA's convolution with the probe as the filter (``feature_group_count=C``) ran at
+0.30 pairs/s, 1.1% of the machine's matmul rate; this FFT kernel at 16 pairs/s, bound by the
+transforms themselves (93% of scipy.fft's rate on the same canvas). A direct form at the full
+matmul rate would reach ~30 pairs/s, and only with many probes of one shape (for one probe it
+is a matrix-vector product, bound by memory). On a GPU (not measured: none was available) FFT
+should win too: cuFFT is bound by memory traffic, ~16 bytes per canvas cell, channel and
+correlation, ~0.1 GB per FID-300 pair or ~25 us at an H200's 4.8 TB/s, while the direct
+form's ~3 GFLOP take ~45 us at its ~67 TFLOP/s float32 rate (TF32 is ruled out).
 
 Reference spectra are computed once per chunk and canvas and shared by all probes of that
 canvas (:func:`plan` groups the probes by the canvas they need); each probe costs one inverse
@@ -48,6 +50,7 @@ most ``FLAT_RTOL`` times: for the probe, its sum of squares under the mask; for 
 window, ``n`` times the reference channel's mean square over the reference's cells."""
 
 NO_INDEX = np.iinfo(np.int32).max  # index of padding references: sorts after every real one
+_MAX_GROUP = 256
 
 
 def padding(size: int, ref_size: int, margin: float) -> tuple[int, int]:
@@ -199,7 +202,9 @@ def plan(probes: list[tuple[np.ndarray, np.ndarray]], margin: float, ref_h: int,
   for stop in range(1, len(order) + 1):
     tall = wide = 0
     total = 2.0
-    for start in range(stop - 1, -1, -1):
+    # Groups of at most _MAX_GROUP probes keep this quadratic search short; splitting a larger
+    # group adds one pair of reference spectra per _MAX_GROUP probes (under 1% of its work).
+    for start in range(stop - 1, max(stop - _MAX_GROUP, 0) - 1, -1):
       t = order[start]
       tall, wide = max(tall, canvases[t, 0]), max(wide, canvases[t, 1])
       total += work[t]
