@@ -34,10 +34,10 @@ on maps whose windows hold a fair share of their channel's energy, and every ``n
 clipped to [-1, 1].
 
 Sizes. Probes of different shapes are padded with masks to a common shape (per canvas group,
-below), references to the largest (H, W), each in its top-left corner, with their true sizes in ``reference_sizes``
-(:func:`pack_references` writes such an array, in memory or as a .npy). The FFT canvas must
-hold the largest padded reference, ``max(H + 2 pad, h)`` by the same in W, and a probe's cost
-grows with its canvas's area, so probes are grouped by the canvas they need
+below), references to the largest (H, W), each in its top-left corner, with their true sizes
+in ``reference_sizes`` (:func:`pack_references` writes such an array, in memory or as a .npy).
+The FFT canvas must hold the largest padded reference, ``max(H + 2 pad, h)`` by the same in W,
+and a probe's cost grows with its canvas's area, so probes are grouped by the canvas they need
 (:func:`fwjax.matching.kernels.plan`; each group pays for its own reference spectra) instead of
 all paying for the largest. What padding costs: each pair is computed on the canvas of its
 group, set by the call's largest reference; for FID-300's references (widths 156-270 px) that
@@ -378,7 +378,8 @@ def _run(probes, references, *, probe_masks, reference_sizes, margin, flip, rota
     start, first_bad, result = pending
     bad = int(np.asarray(first_bad).min())
     if bad != kernels.NO_INDEX:
-      raise ValueError(f'reference {bad} has a NaN or Inf value within its size')
+      raise ValueError(f'reference {bad} has a NaN or Inf value within its size (or values '
+                       'so large that their squares overflow float32)')
     if result is not None:
       count = min(rows, num - start)
       for out, part in zip(full, (result[0], *result[2:])):
@@ -507,16 +508,17 @@ def score_map(probe: ArrayLike, reference: ArrayLike, *, probe_mask=None,
   if reference.ndim != 3 or min(reference.shape) == 0:
     raise ValueError(f'reference 0: expected a non-empty (H, W, C) map, got shape '
                      f'{reference.shape}')
-  if not np.isfinite(reference).all():
-    raise ValueError('reference 0 has a NaN or Inf value within its size')
   big_h, big_w = reference.shape[:2]
   prepared = _prepare_probes([probe], None if probe_mask is None else [probe_mask],
                              reference.shape[2], margin, False, (), big_h, big_w)
   group, = prepared.groups
   h, w = int(group.geometry[0, 0]), int(group.geometry[1, 0])
-  *_, view = kernels.score_views(
+  *_, bad, view = kernels.score_views(
       reference[None].astype(np.float32), np.array([[big_h, big_w]], np.int32),
       *(getattr(group, name) for name in _GROUP_FIELDS), canvas=group.canvas)
+  if bool(bad[0]):
+    raise ValueError('reference 0 has a NaN or Inf value (or values so large that their '
+                     'squares overflow float32)')
   top, bottom = padding(h, big_h, margin)
   left, right = padding(w, big_w, margin)
   return np.asarray(view[0, 0, :big_h + top + bottom - h + 1, :big_w + left + right - w + 1])

@@ -259,6 +259,7 @@ def _reference_spectra(refs, sizes, canvas):
   r = jnp.transpose(r, (0, 3, 1, 2))  # FFTs run over the two last axes
   cells = jnp.maximum(sizes[:, 0] * sizes[:, 1], 1).astype(jnp.float32)
   energy = jnp.sum(r * r, axis=(2, 3)) / cells[:, None]
+  bad = bad | ~jnp.all(jnp.isfinite(energy), axis=1)  # squares beyond float32's range
   spectrum = jnp.fft.rfft2(r, s=canvas)
   spectrum_sq = jnp.fft.rfft2(r * r, s=canvas)
   return spectrum, spectrum_sq, energy, bad

@@ -265,6 +265,12 @@ def test_bad_inputs_name_the_probe_or_reference():
   assert np.isfinite(matching.mcncc([probe], bad, reference_sizes=sizes).scores).all()
   with pytest.raises(ValueError, match='reference 2 has a NaN or Inf'):
     matching.mcncc([probe], bad)
+  huge = refs.copy()
+  huge[5, 0, 0, 1] = 1e30  # finite, but its square is not
+  with pytest.raises(ValueError, match='reference 5 .* overflow float32'):
+    matching.rank([probe], huge)
+  with pytest.raises(ValueError, match='reference 0 has a NaN'):
+    matching.score_map(probe, huge[5])
   nan_probe = probe.copy()
   nan_probe[1, 1, 1] = np.inf
   with pytest.raises(ValueError, match='probe 1 has a NaN or Inf'):
