@@ -76,7 +76,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from fwjax import _ranking
+from fwjax.distances import stream as _ranking
 from fwjax.matching import kernels
 
 FLAT_RTOL = kernels.FLAT_RTOL
