@@ -195,7 +195,7 @@ def block_size(num_items: int, block: int | None) -> int:
 
   Up to 1,024 items, the next power of two; beyond, the largest divisor of N from 512 to 1,024
   where there is one, so that N is a whole number of blocks and one query's product is a single
-  batched product (``_distance_kernels.whole_blocks``), else 1,024.
+  batched product (``kernels.whole_blocks``), else 1,024.
   """
   if block is not None:
     if block < 1:
