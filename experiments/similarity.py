@@ -91,6 +91,25 @@ _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 
 _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show progress while extracting features.')
 
+_MATCHER = flags.DEFINE_enum(
+    'matcher', C.matcher, ['global', 'mcncc'],
+    'global: distances between pooled features (--metrics); mcncc: spatial matching of the '
+    '--stage feature maps (Kong et al. 2019), ranked by score.')
+_MATCH_SCALE = flags.DEFINE_float(
+    'match_scale', C.match_scale,
+    'With --matcher=mcncc: image scale before the network (each image keeps its aspect).')
+_MARGIN = flags.DEFINE_float(
+    'margin', C.margin,
+    'With --matcher=mcncc: reference padding in units of the probe map\'s size.')
+_FLIP = flags.DEFINE_bool('flip', C.flip,
+                          'With --matcher=mcncc: also match each probe mirrored left-right.')
+_ROTATIONS = flags.DEFINE_list('rotations', list(map(str, C.rotations)),
+                               'With --matcher=mcncc: extra probe rotations in degrees.')
+_SHORTLIST = flags.DEFINE_integer(
+    'shortlist', C.shortlist,
+    'With --matcher=mcncc: re-rank only the top K of a global cosine ranking of the pooled maps '
+    '(0: match every reference).')
+
 flags.mark_flag_as_required('out_dir')
 
 
@@ -110,7 +129,9 @@ def main(argv):
       batch_size=_BATCH_SIZE.value, cache_dir=_CACHE_DIR.value, results_db=_RESULTS_DB.value,
       precision_at=tuple(int(k) for k in _PRECISION_AT.value),
       recall_levels=tuple(float(q) for q in _RECALL_LEVELS.value), html_top=_HTML_TOP.value,
-      name=_NAME.value, progress=_PROGRESS.value)
+      name=_NAME.value, progress=_PROGRESS.value, matcher=_MATCHER.value,
+      match_scale=_MATCH_SCALE.value, margin=_MARGIN.value, flip=_FLIP.value,
+      rotations=tuple(float(r) for r in _ROTATIONS.value), shortlist=_SHORTLIST.value)
   summary = similarity.run_similarity(config)
   cmc = summary.get('cmc')
   print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '

@@ -7,7 +7,7 @@
 #   gpu: GPU-sized batches into ./gpu_results. The GPU image brings jax, flax, optax, orbax,
 #        numpy, pillow, scipy, sklearn and torch; fwjax runs from the checkout (PYTHONPATH),
 #        nothing is installed. Python: python3.
-# Parts: env ap distances ranking cache training similarity resnet matching (default: all). $PY
+# Parts: env ap distances ranking cache training similarity resnet matching models (default: all). $PY
 # overrides the Python.
 set -u
 kind=${1:-}
@@ -19,7 +19,7 @@ esac
 shift
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-parts=${*:-env ap distances ranking cache training similarity resnet matching}
+parts=${*:-env ap distances ranking cache training similarity resnet matching models}
 run() {  # name, time limit (s), command...
   local name=$1 limit=$2; shift 2
   echo "=== $name ($(date +%T))"
@@ -46,6 +46,8 @@ for part in $parts; do
     gpu:resnet) run resnet 560 $PY -m kernels.bench_resnet --batch_size 128 --torch_batch_size 128 --out "$OUT/resnet.json" ;;
     cpu:matching) run matching 1500 $PY -m kernels.bench_matching --workdir /tmp --out "$OUT/matching.json" ;;
     gpu:matching) run matching 420 $PY -m kernels.bench_matching --workdir /tmp --probes 16 --references 256 --peer_pairs 8 --stream_refs 4096 --stream_probes 1,50 --out "$OUT/matching.json" ;;
+    cpu:models) run models 3000 $PY -m kernels.bench_models --batch 4 --repeats 3 --out "$OUT/models.json" ;;
+    gpu:models) run models 500 $PY -m kernels.bench_models --batch 64 --out "$OUT/models.json" ;;
     *) echo "unknown part $part" ;;
   esac
 done

@@ -47,6 +47,17 @@ class SimilarityConfig:
   progress: bool = True
   arch: str = 'resnet50'
   colour: str = 'rgb'
+  matcher: str = 'global'
+  match_scale: float = 0.25
+  margin: float = 0.25
+  flip: bool = False
+  rotations: tuple[float, ...] = ()
+  shortlist: int = 0
+
+
+MATCHERS = ('global', 'mcncc')
+"""``global``: distances between pooled features (de Bie 2020); ``mcncc``: spatial matching of
+feature maps (Kong et al. 2019, ``fwjax.matching``)."""
 
 
 def validate(config: SimilarityConfig) -> None:
@@ -64,5 +75,17 @@ def validate(config: SimilarityConfig) -> None:
   if config.k < 0:
     raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
   feature_model.check_stage(config.stage, config.arch)
+  if config.matcher not in MATCHERS:
+    raise ValueError(f'--matcher={config.matcher!r}; valid: {", ".join(MATCHERS)}')
+  if config.matcher == 'mcncc':
+    if config.stage == 'features':
+      raise ValueError('--matcher=mcncc needs a spatial --stage (e.g. block3 for vgg16); '
+                       "'features' is pooled")
+    if config.fusion == 'mean_feature':
+      raise ValueError("--fusion=mean_feature averages vectors; with --matcher=mcncc use 'sum' "
+                       "or 'min'")
+    if config.match_scale <= 0 or config.margin < 0 or config.shortlist < 0:
+      raise ValueError(f'--match_scale must be > 0, --margin >= 0 and --shortlist >= 0 (got '
+                       f'{config.match_scale}, {config.margin}, {config.shortlist})')
   if config.colour not in images.COLOUR_MODES:
     raise ValueError(f'--colour={config.colour!r}; valid: {", ".join(images.COLOUR_MODES)}')

@@ -43,6 +43,7 @@ from fwjax.models import feature_model
 from fwjax.similarity.config import SimilarityConfig, validate
 from fwjax.similarity import features as features_lib
 from fwjax.similarity import report as retrieval_report
+from fwjax.similarity import spatial
 
 CMC_PERCENTS = (1, 5, 10, 15, 20)
 # Published CMC on FID-300 (fractions of probes), drawn on the CMC plot of FID-300 runs.
@@ -127,8 +128,13 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
   retrieval = _load_retrieval_set(config, out_dir)
   timings: dict[str, dict[str, float]] = {}
   model, extractor, timings['model_build'] = _build_extractor(config)
-  refs, items, timings['feature_extraction'] = _extract(config, out_dir, model, extractor,
-                                                        retrieval)
+  maps = None
+  if config.matcher == 'mcncc':
+    refs, items, maps, timings['feature_extraction'] = _extract_maps(config, model, retrieval)
+    config = dataclasses.replace(config, metrics=('mcncc',))
+  else:
+    refs, items, timings['feature_extraction'] = _extract(config, out_dir, model, extractor,
+                                                          retrieval)
   _write_indexes(out_dir, items, refs)
   item_classes = None
   if retrieval.classes is not None:
@@ -139,10 +145,15 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
   store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
   features_text = (f'{model.identity} stage={config.stage} {config.height}x{config.width}'
                    f' {config.composition} {config.policy} colour={config.colour}')
+  if maps is not None:
+    features_text = (f'{model.identity} stage={config.stage} maps at scale '
+                     f'{config.match_scale:g} colour={config.colour} mcncc margin='
+                     f'{config.margin:g} flip={config.flip} rotations={config.rotations} '
+                     f'shortlist={config.shortlist}')
   results, curves = [], {}
   for num_refs in config.num_references:
     entries = _rank_and_report(config, out_dir, store, retrieval, refs, items, collection,
-                               item_classes, num_refs, timings, features_text)
+                               item_classes, num_refs, timings, features_text, maps)
     for entry in entries:
       if '_curves' in entry:
         metric, r = entry['metric'], entry['num_references']
@@ -189,6 +200,9 @@ def _build_extractor(config: SimilarityConfig
   model = feature_model.build_model(config.weights, arch=config.arch, width=config.random_width,
                                     seed=config.seed)
   loaded = time.perf_counter()
+  if config.matcher == 'mcncc':  # maps are computed per image size (spatial.extract_maps)
+    return model, None, {'seconds': loaded - start, 'load_seconds': loaded - start,
+                         'compile_seconds': 0.0}
   # Compiled once per process for these weights and shapes (a second run in a notebook or grid
   # reports no compile time).
   extractor = features_lib.cached_extractor(model, config.stage, config.height, config.width,
@@ -234,6 +248,31 @@ def _extract(config: SimilarityConfig, out_dir: pathlib.Path, model: feature_mod
       'seconds_per_10000_images': seconds / extracted * 1e4 if extracted else math.nan}
 
 
+def _extract_maps(config: SimilarityConfig, model: feature_model.FeatureModel,
+                  retrieval: RetrievalSet
+                  ) -> tuple[features_lib.FeatureSet, features_lib.FeatureSet,
+                             tuple[spatial.MapSet, spatial.MapSet], dict[str, float]]:
+  """Feature maps of the references and the collection, and their pooled features."""
+  args = dict(stage=config.stage, scale=config.match_scale, composition=config.composition,
+              colour=config.colour, batch_size=config.batch_size, progress=config.progress)
+  ref_maps = spatial.extract_maps(model, retrieval.reference_paths(), **args)
+  if ref_maps.skipped:
+    path, reason = ref_maps.skipped[0]
+    raise ReferenceImageError(f'reference image cannot be read: {path}: {reason} '
+                              f'({len(ref_maps.skipped)} unreadable reference(s) in all)')
+  item_maps = spatial.extract_maps(model, retrieval.items, **args)
+  if not item_maps.paths:
+    raise ValueError(f'the collection is empty: {len(retrieval.items)} image(s) listed, '
+                     f'{len(item_maps.skipped)} unreadable')
+  sets = [features_lib.FeatureSet(m.pooled(), m.paths, m.skipped, len(m.paths), m.seconds)
+          for m in (ref_maps, item_maps)]
+  count = len(ref_maps.paths) + len(item_maps.paths)
+  seconds = ref_maps.seconds + item_maps.seconds
+  return sets[0], sets[1], (ref_maps, item_maps), {
+      'seconds': seconds, 'images_extracted': count, 'images_from_cache': 0,
+      'seconds_per_10000_images': seconds / count * 1e4}
+
+
 def _write_indexes(out_dir: pathlib.Path, items: features_lib.FeatureSet,
                    refs: features_lib.FeatureSet) -> None:
   """collection.csv and references.csv: row i names the image of features/<name>.npy row i."""
@@ -249,8 +288,13 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
                      refs: features_lib.FeatureSet, items: features_lib.FeatureSet,
                      collection: distances.Collection, item_classes: np.ndarray | None,
                      num_refs: int, timings: dict[str, dict[str, float]],
-                     features_text: str) -> list[dict[str, Any]]:
-  """Ranks the queries of one reference count with every metric; one result entry per metric."""
+                     features_text: str, maps: tuple[spatial.MapSet, spatial.MapSet] | None = None
+                     ) -> list[dict[str, Any]]:
+  """Ranks the queries of one reference count with every metric; one result entry per metric.
+
+  With ``maps`` (``--matcher=mcncc``: the references' and the collection's feature maps) the
+  one metric is ``'mcncc'``, its distance ``1 - score``.
+  """
   queries = retrieval.queries(num_refs)
   ref_row = {path: i for i, path in enumerate(refs.paths)}
   query_feats = np.stack([refs.features[[ref_row[p] for p in q.references]] for q in queries])
@@ -261,7 +305,17 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
   ranked = {}
   for metric in config.metrics:
     start = time.perf_counter()
-    ranked[metric] = _rank(query_feats, collection, metric, config.fusion, top)
+    if maps is None:
+      ranked[metric] = _rank(query_feats, collection, metric, config.fusion, top)
+    else:
+      ref_maps, item_maps = maps
+      map_row = {path: i for i, path in enumerate(ref_maps.paths)}
+      query_maps = [[ref_maps.maps[map_row[p]] for p in q.references] for q in queries]
+      pooled = query_feats if num_refs == 1 else query_feats.mean(axis=1)
+      ranked[metric] = spatial.rank(query_maps, item_maps, margin=config.margin,
+                                    flip=config.flip, rotations=config.rotations,
+                                    fusion=config.fusion, shortlist=config.shortlist,
+                                    pooled_queries=pooled)
     ranked[metric] += (time.perf_counter() - start,)
   return [_report_one(config, out_dir, store, retrieval, queries, query_feats, items,
                       item_classes, ranked, metric, num_refs, timings, features_text)
