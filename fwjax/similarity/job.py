@@ -315,7 +315,7 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
       ranked[metric] = spatial.rank(query_maps, item_maps, margin=config.margin,
                                     flip=config.flip, rotations=config.rotations,
                                     fusion=config.fusion, shortlist=config.shortlist,
-                                    pooled_queries=pooled)
+                                    pooled_queries=pooled, progress=config.progress)
     ranked[metric] += (time.perf_counter() - start,)
   return [_report_one(config, out_dir, store, retrieval, queries, query_feats, items,
                       item_classes, ranked, metric, num_refs, timings, features_text)

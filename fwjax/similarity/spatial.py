@@ -143,7 +143,8 @@ def extract_maps(model: feature_model.FeatureModel, paths: Sequence[pathlib.Path
 
 def rank(query_maps: Sequence[Sequence[np.ndarray]], references: MapSet, *, margin: float,
          flip: bool, rotations: Sequence[float], fusion: str = 'sum', shortlist: int = 0,
-         pooled_queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+         pooled_queries: np.ndarray | None = None, progress: bool = True
+         ) -> tuple[np.ndarray, np.ndarray]:
   """Every reference ranked for each query by MCNCC (fused over a query's R probes).
 
   Args:
@@ -155,6 +156,7 @@ def rank(query_maps: Sequence[Sequence[np.ndarray]], references: MapSet, *, marg
     shortlist: 0 scores every pair; K > 0 re-ranks only each query's top K by the cosine
       distance of pooled maps (``pooled_queries``, (Q, C) means of the query's probe maps).
     pooled_queries: required with ``shortlist``.
+    progress: show the queries matched so far on stderr.
 
   Returns:
     ``(dist, order)``, each (Q, N): ``dist = 1 - score`` (with R > 1, ``R - sum`` or
@@ -178,6 +180,8 @@ def rank(query_maps: Sequence[Sequence[np.ndarray]], references: MapSet, *, marg
     _, candidates = distances.rank(pooled_queries, distances.Collection(references.pooled()),
                                    metric='cosine')
     candidates = np.asarray(candidates)
+  bar = progress_lib.Progress(len(query_maps), 'MCNCC matching', unit='queries',
+                              enabled=progress)
   for q, probes in enumerate(query_maps):
     columns = np.arange(num_items) if candidates is None else np.sort(candidates[q, :shortlist])
     scores = matching.mcncc(list(probes), packed[columns], reference_sizes=sizes[columns],
@@ -192,4 +196,6 @@ def rank(query_maps: Sequence[Sequence[np.ndarray]], references: MapSet, *, marg
     else:
       rest = candidates[q, shortlist:]
       order[q] = np.concatenate([ranked, rest])
+    bar.update()
+  bar.close()
   return np.take_along_axis(dist, order, axis=1), order
