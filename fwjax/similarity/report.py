@@ -9,14 +9,21 @@ display, and the user's matplotlib backend is never changed).
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
+
+from fwjax import distances
+from fwjax.data.retrieval_sets import RetrievalSet
+from fwjax.similarity import features as features_lib
+from fwjax.similarity.config import SimilarityConfig
 
 # Thumbnails are decoded from the originals (up to 100 Mpx scans): the cap keeps a page with 50
 # results in the low megabytes and the decode bounded.
@@ -215,3 +222,64 @@ def _save(figure: Figure, out_path: str | pathlib.Path) -> pathlib.Path:
   figure.tight_layout()
   figure.savefig(out_path)
   return out_path
+
+
+def _distances_of(query: np.ndarray, items: np.ndarray, indices: np.ndarray, metric: str,
+                  fusion: str) -> np.ndarray:
+  """Fused distances of one query to ``items[indices]``, in the order of ``indices``."""
+  dist, order = distances.rank(query[None], np.asarray(items[np.sort(indices)]), metric=metric,
+                               fusion=fusion)
+  by_position = np.empty(len(indices), np.float32)
+  by_position[np.asarray(order)[0]] = np.asarray(dist)[0]
+  return by_position[np.argsort(np.argsort(indices))]
+
+
+def _safe(name: str) -> str:
+  return ''.join(c if c.isalnum() or c in '-_.+' else '_' for c in name)
+
+
+def write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: RetrievalSet,
+                    queries: list[Any], query_feats: np.ndarray, items: features_lib.FeatureSet,
+                    item_classes: np.ndarray | None,
+                    ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
+                    num_refs: int, scored_row: dict[int, int],
+                    per_query: dict[str, np.ndarray]) -> None:
+  """CSV per query (every metric's distance, ordered by ``metric``); HTML for the first metric."""
+  dist, order, _ = ranked[metric]
+  dist, order = dist[:, :config.k or None], order[:, :config.k or None]
+  num_items = len(items.paths)
+  folder = out_dir / f'R{num_refs}'
+  for i, query in enumerate(queries):
+    columns = {metric: dist[i]}
+    for other in config.metrics:
+      if other == metric:
+        continue
+      other_dist, other_order, _ = ranked[other]
+      if other_order.shape[1] < num_items:
+        columns[other] = _distances_of(query_feats[i], items.features, order[i], other,
+                                       config.fusion)
+      else:  # the full order of the other metric holds every distance: invert it
+        by_item = np.empty(len(items.paths), np.float32)
+        by_item[other_order[i]] = other_dist[i]
+        columns[other] = by_item[order[i]]
+    relevant = None
+    if query.target is not None and item_classes is not None:
+      relevant = item_classes[order[i]] == query.target
+    path = folder / metric / f'{_safe(query.id)}.csv'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['rank', 'path', *columns] + (['relevant'] if relevant is not None else []))
+      for r, index in enumerate(order[i]):
+        row = [r + 1, str(items.paths[index])] + [f'{columns[m][r]:.6g}' for m in columns]
+        writer.writerow(row + ([int(relevant[r])] if relevant is not None else []))
+    if metric == config.metrics[0]:
+      top = min(config.html_top, len(order[i]))
+      scores = ({n: float(v[scored_row[i]]) for n, v in per_query.items()}
+                if i in scored_row else None)
+      query_page(
+          folder / 'pages' / f'{_safe(query.id)}.html', query_id=query.id,
+          references=query.references, results=[items.paths[j] for j in order[i][:top]],
+          distances=dist[i][:top], metric=metric,
+          relevant=None if relevant is None else relevant[:top], scores=scores,
+          skipped=[(str(p), r) for p, r in items.skipped], title=config.name)
