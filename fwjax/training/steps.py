@@ -42,11 +42,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fwjax import augment as augment_lib
+from fwjax.models import imagenet
 from fwjax.training import losses as losses_lib
 
 AXIS = 'data'
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+normalize = imagenet.torch
+"""(B, H, W, 3) pixels in 0..255 (uint8 or float) -> ImageNet-normalised floats, on device: the
+training path uses torchvision's normalisation, defined once in :mod:`fwjax.models.imagenet`."""
 
 
 @flax.struct.dataclass
@@ -110,12 +112,6 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
   sharding = NamedSharding(mesh, P(AXIS))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
-
-
-def normalize(images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-  """(B, H, W, 3) pixels in 0..255 (uint8 or float) -> ImageNet-normalised floats, on device."""
-  x = images.astype(jnp.float32) / 255.0
-  return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
 
 
 def create_state(variables: Mapping[str, Any], tx: optax.GradientTransformation,

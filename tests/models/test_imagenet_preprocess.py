@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fwjax import steps
 from fwjax.models import bodies
 from fwjax.models import imagenet
 
@@ -66,15 +65,6 @@ def test_caffe_is_bgr_minus_mean():
                              [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
   assert imagenet.tf(np.array([0, 255], np.uint8).reshape(1, 1, 2, 1)).tolist() == [
       [[[-1.0], [1.0]]]]
-
-
-def test_torch_mode_is_the_training_normalisation(images):
-  """steps.normalize (the training path) computes the same as the torch mode."""
-  batch = images['random']
-  np.testing.assert_array_equal(np.asarray(jax.jit(imagenet.torch)(batch)),
-                                np.asarray(jax.jit(steps.normalize)(batch)))
-  np.testing.assert_array_equal(imagenet.IMAGENET_MEAN, steps.IMAGENET_MEAN)
-  np.testing.assert_array_equal(imagenet.IMAGENET_STD, steps.IMAGENET_STD)
 
 
 def test_dtype_and_unknown_architecture():
