@@ -1,7 +1,10 @@
-"""Tests for fwjax.runs: flags.txt reproduces a run's configuration; file identities."""
+"""Tests for fwjax.runs: flags.txt reproduces a run's configuration; file identities; atomic
+run records; library logging kept off the console."""
 
 import dataclasses
+import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -80,3 +83,41 @@ def test_weights_identity_hashes_content_not_name(tmp_path):
 def test_compute_dtype_names_the_flag():
   with pytest.raises(ValueError, match='--dtype must be one of float32, bfloat16'):
     runs.compute_dtype('float16')
+
+
+# Finding 1: run records are written atomically, so a refused or killed run never leaves a
+# half-written one. Finding 9: library logging goes to the run folder, not the console.
+
+def test_atomic_write_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+  path = tmp_path / 'summary.json'
+  runs.write_atomic(path, 'old\n')
+  with pytest.raises(RuntimeError), runs.atomic_open(path) as f:
+    f.write('half of the new')
+    raise RuntimeError('killed mid-write')
+  assert path.read_text() == 'old\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['summary.json']  # no temporary file left
+  with runs.atomic_open(path, 'wb') as f:
+    f.write(b'new\n')
+  assert path.read_text() == 'new\n'
+
+
+def test_library_logging_goes_to_the_run_folder_not_the_console(tmp_path):
+  console = io.StringIO()
+  handler = logging.StreamHandler(console)
+  root = logging.getLogger()
+  root.addHandler(handler)
+  library = logging.getLogger('orbax.checkpoint.test')
+  library.setLevel(logging.INFO)
+  try:
+    with runs.quiet_console():
+      with runs.log_file(tmp_path / 'logs' / 'job.log'):
+        library.info('Saving checkpoint at step 1')
+        library.warning('disk almost full')
+      library.info('after the run folder is closed')
+    library.warning('after the job')
+  finally:
+    root.removeHandler(handler)
+  assert console.getvalue().splitlines() == ['disk almost full', 'after the job']
+  logged = (tmp_path / 'logs' / 'job.log').read_text()
+  assert 'Saving checkpoint at step 1' in logged and 'disk almost full' in logged
+  assert 'after the run folder' not in logged
