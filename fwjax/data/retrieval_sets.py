@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fwjax.data import fid300, manifest
+from fwjax.data import synthetic as synthetic_lib
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp', '.pgm')
 
@@ -170,8 +171,8 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
       if not root.is_dir():
         raise FileNotFoundError(f'--fid300_dir: no such folder: {root}')
       return _fid300(root, num_references, 'FID-300')
-    root = synthetic.make_retrieval_set(work_dir / 'synthetic_retrieval', int(value),
-                                        synthetic_probes_per_model, seed=seed)
+    root = synthetic_lib.make_retrieval_set(work_dir / 'synthetic_retrieval', int(value),
+                                            synthetic_probes_per_model, seed=seed)
     return _fid300(pathlib.Path(root), num_references, 'synthetic retrieval set')
 
   if source == 'manifest':
