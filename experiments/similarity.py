@@ -77,6 +77,10 @@ _HTML_TOP = flags.DEFINE_integer(
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 
 _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show progress while extracting features.')
+_MAX_PIXELS = flags.DEFINE_integer(
+    'max_pixels', C.max_pixels,
+    'Images with more pixels than this are skipped (a decompression-bomb guard); raise it to '
+    'admit a genuine larger scan.')
 
 flags.mark_flag_as_required('out_dir')
 
@@ -96,7 +100,7 @@ def main(argv):
       batch_size=_BATCH_SIZE.value, cache_dir=_CACHE_DIR.value, results_db=_RESULTS_DB.value,
       precision_at=tuple(int(k) for k in _PRECISION_AT.value),
       recall_levels=tuple(float(q) for q in _RECALL_LEVELS.value), html_top=_HTML_TOP.value,
-      name=_NAME.value, progress=_PROGRESS.value)
+      name=_NAME.value, progress=_PROGRESS.value, max_pixels=_MAX_PIXELS.value)
   summary = similarity.run_similarity(config)
   cmc = summary.get('cmc')
   print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fwjax import distances
+from fwjax.data import images
 from fwjax.models import feature_model
 
 
@@ -44,6 +45,7 @@ class SimilarityConfig:
   html_top: int = 20
   name: str = 'similarity'
   progress: bool = True
+  max_pixels: int = images.MAX_PIXELS
 
 
 def validate(config: SimilarityConfig) -> None:
@@ -61,3 +63,5 @@ def validate(config: SimilarityConfig) -> None:
   if config.k < 0:
     raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
   feature_model.check_stage(config.stage)
+  if config.max_pixels < 1:
+    raise ValueError(f'--max_pixels must be a positive pixel count, got {config.max_pixels}')
