@@ -86,6 +86,14 @@ _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show a progress bar.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', C.distributed,
     'Call jax.distributed.initialize (several hosts).')
+_MAX_PIXELS = flags.DEFINE_integer(
+    'max_pixels', C.max_pixels,
+    'Refuse images with more pixels than this (a decompression-bomb guard); raise it to admit a '
+    'genuine larger scan.')
+_ALLOW_EMPTY_LABELS = flags.DEFINE_bool(
+    'allow_empty_labels', C.allow_empty_labels,
+    'An empty labels field in --manifest means the image has no descriptor (otherwise such rows '
+    'are refused: every NFRC impression has at least one; a plain sole is D14).')
 
 flags.mark_flag_as_required('out_dir')
 
@@ -106,7 +114,8 @@ def config_from_flags() -> C:
       augment_rotation=_AUGMENT_ROTATION.value, augment_shift=_AUGMENT_SHIFT.value,
       results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
-      progress=_PROGRESS.value, distributed=_DISTRIBUTED.value)
+      progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, max_pixels=_MAX_PIXELS.value,
+      allow_empty_labels=_ALLOW_EMPTY_LABELS.value)
 
 
 def main(argv):

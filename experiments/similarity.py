@@ -90,6 +90,10 @@ _HTML_TOP = flags.DEFINE_integer(
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 
 _PROGRESS = flags.DEFINE_bool('progress', C.progress, 'Show progress while extracting features.')
+_MAX_PIXELS = flags.DEFINE_integer(
+    'max_pixels', C.max_pixels,
+    'Images with more pixels than this are skipped (a decompression-bomb guard); raise it to '
+    'admit a genuine larger scan.')
 
 _MATCHER = flags.DEFINE_enum(
     'matcher', C.matcher, ['global', 'mcncc'],
@@ -131,7 +135,8 @@ def main(argv):
       recall_levels=tuple(float(q) for q in _RECALL_LEVELS.value), html_top=_HTML_TOP.value,
       name=_NAME.value, progress=_PROGRESS.value, matcher=_MATCHER.value,
       match_scale=_MATCH_SCALE.value, margin=_MARGIN.value, flip=_FLIP.value,
-      rotations=tuple(float(r) for r in _ROTATIONS.value), shortlist=_SHORTLIST.value)
+      rotations=tuple(float(r) for r in _ROTATIONS.value), shortlist=_SHORTLIST.value,
+      max_pixels=_MAX_PIXELS.value)
   summary = similarity.run_similarity(config)
   cmc = summary.get('cmc')
   print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '

@@ -6,7 +6,7 @@ processes may write to the same file at once (two grid workers, a training run b
 run): the database runs in WAL mode, every write is one short ``BEGIN IMMEDIATE`` transaction, and
 a busy database is waited for (``busy_timeout``) rather than reported as an error.
 
-Schema (``PRAGMA user_version`` = 1)::
+Schema (``PRAGMA user_version`` = 2; a version-1 file is migrated when opened)::
 
   runs(run_id INTEGER PRIMARY KEY AUTOINCREMENT,
        kind TEXT        -- 'descriptor', 'similarity', ...
@@ -14,7 +14,7 @@ Schema (``PRAGMA user_version`` = 1)::
        config_key TEXT  -- hash of what the result depends on; a grid skips a completed key
        flags TEXT       -- JSON object of the resolved flags / config
        output_dir TEXT  -- where the run wrote its files
-       status TEXT      -- 'running' | 'complete' | 'failed'
+       status TEXT      -- 'running' | 'complete' | 'failed' | 'interrupted'
        summary TEXT     -- JSON object given to finish_run (NULL until then)
        error TEXT       -- message given to fail_run
        host TEXT, pid INTEGER,
@@ -25,6 +25,10 @@ Schema (``PRAGMA user_version`` = 1)::
        -- keyed values, e.g. scope 'per_label' key 'D01' name 'ap';
        -- scope 'query' key '00001' name 'precision@1'; scope 'timing' key 'distance' name 'seconds'
   artifacts(run_id, name TEXT, path TEXT)
+
+A run's status stays true when its process dies: a 'running' run whose process is gone (checked
+on this host when runs are read) is marked 'interrupted', and a job that resumes the run takes
+its row over (:meth:`ResultsStore.continue_run`) instead of adding a second one.
 
 SQLite stores NaN as NULL; the store reads NULL values back as ``float('nan')``, so an undefined
 average precision (a label with no positives) round-trips as NaN. Non-finite numbers inside the
@@ -50,28 +54,30 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-SCHEMA_VERSION = 1
-STATUSES = ('running', 'complete', 'failed')
+SCHEMA_VERSION = 2
+STATUSES = ('running', 'complete', 'failed', 'interrupted')
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
   run_id INTEGER PRIMARY KEY AUTOINCREMENT,
   kind TEXT NOT NULL,
   name TEXT NOT NULL,
   config_key TEXT NOT NULL,
   flags TEXT NOT NULL,
   output_dir TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+  status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed', 'interrupted')),
   summary TEXT,
   error TEXT,
   host TEXT,
   pid INTEGER,
   started_at REAL NOT NULL,
   finished_at REAL
-);
+)"""
+
+_SCHEMA = _RUNS_TABLE.format(name='runs') + """;
 CREATE INDEX IF NOT EXISTS runs_by_key ON runs (kind, config_key, status);
 CREATE TABLE IF NOT EXISTS metrics (
   run_id INTEGER NOT NULL REFERENCES runs (run_id),
@@ -126,6 +132,26 @@ def _read(value: float | None) -> float:
   return math.nan if value is None else value
 
 
+class RunInProgressError(RuntimeError):
+  """The run to continue is still being run by a live process."""
+
+
+def _process_state(host: str | None, pid: int | None) -> str:
+  """'alive' or 'gone' for a process of this host; 'unknown' for another host's."""
+  if host != socket.gethostname() or pid is None:
+    return 'unknown'
+  if pid == os.getpid():
+    return 'alive'
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return 'gone'
+  except PermissionError:  # another user's process holds the pid
+    return 'alive'
+  return 'alive'
+  return True
+
+
 class ResultsStore:
   """A SQLite results database shared by every job (see the module docstring for the schema).
 
@@ -152,9 +178,29 @@ class ResultsStore:
               conn.execute(statement)
           conn.execute(f'PRAGMA user_version = {SCHEMA_VERSION}')
           version = SCHEMA_VERSION
+    if version == 1:
+      version = self._migrate_from_1()
     if version != SCHEMA_VERSION:
       raise RuntimeError(f'{self.path}: results schema version {version}, this fwjax reads '
                          f'version {SCHEMA_VERSION}; use a new database file')
+
+  def _migrate_from_1(self) -> int:
+    """Version 1 -> 2: the runs table learns the 'interrupted' status (nothing else changes).
+
+    SQLite cannot change a CHECK constraint in place: the table is copied into one with the new
+    constraint, inside one transaction, so a reader sees the old table or the new one.
+    """
+    with self._write() as conn:
+      version = conn.execute('PRAGMA user_version').fetchone()[0]
+      if version == 1:  # not migrated by another process meanwhile
+        conn.execute(_RUNS_TABLE.format(name='runs_v2'))
+        conn.execute('INSERT INTO runs_v2 SELECT * FROM runs')
+        conn.execute('DROP TABLE runs')
+        conn.execute('ALTER TABLE runs_v2 RENAME TO runs')
+        conn.execute('CREATE INDEX IF NOT EXISTS runs_by_key ON runs (kind, config_key, status)')
+        conn.execute('PRAGMA user_version = 2')
+        version = 2
+    return version
 
   # Connections ------------------------------------------------------------------------------------
 
@@ -281,6 +327,65 @@ class ResultsStore:
     """Marks a run failed with the error message."""
     self._end(run_id, 'failed', summary=None, error=str(error))
 
+  def interrupt_run(self, run_id: int, reason: str) -> None:
+    """Marks a run interrupted (stopped before its end, e.g. by Ctrl-C; it can be resumed)."""
+    self._end(run_id, 'interrupted', summary=None, error=str(reason))
+
+  def continue_run(self, kind: str, name: str, flags: Mapping[str, Any], config_key: str,
+                   output_dir: str) -> int | None:
+    """Takes over the unfinished run that a resumed job continues, instead of adding a row.
+
+    The run continued is the latest one of this kind, config key and output folder, if it is
+    'interrupted' or 'running' by a process that is gone (a process of another host cannot be
+    checked from here and is taken to be gone: two jobs writing one run folder at once is not
+    supported anyway). It becomes 'running' again under this process, with the given name and
+    flags; its metrics, values and artifacts are cleared, because the continuing job writes them
+    again (a half-written report is not kept).
+
+    Args:
+      kind, name, flags, config_key, output_dir: as for :meth:`start_run`.
+
+    Returns:
+      The run's id, or None when there is no such run (then call :meth:`start_run`).
+
+    Raises:
+      RunInProgressError: that run's process is still alive on this host.
+    """
+    with self._write() as conn:
+      row = conn.execute(
+          'SELECT run_id, status, host, pid FROM runs WHERE kind = ? AND config_key = ? AND '
+          'output_dir = ? ORDER BY run_id DESC LIMIT 1',
+          (kind, config_key, str(output_dir))).fetchone()
+      if row is None or row[1] not in ('running', 'interrupted'):
+        return None
+      run_id, status, host, pid = row
+      if status == 'running' and _process_state(host, pid) == 'alive':
+        raise RunInProgressError(
+            f'{self.path}: run {run_id} ({kind}, {output_dir}) is running in process {pid} on '
+            f'{host}; wait for it or stop it before resuming it')
+      for table in ('metrics', 'run_values', 'artifacts'):
+        conn.execute(f'DELETE FROM {table} WHERE run_id = ?', (run_id,))
+      conn.execute(
+          "UPDATE runs SET status = 'running', name = ?, flags = ?, summary = NULL, error = NULL, "
+          'host = ?, pid = ?, finished_at = NULL WHERE run_id = ?',
+          (name, _json(dict(flags)), socket.gethostname(), os.getpid(), run_id))
+      return int(run_id)
+
+  def replace_metrics(self, run_id: int, records: Sequence[tuple[int, Mapping[str, float]]],
+                      scope: str = 'epoch') -> None:
+    """Replaces a run's time series in ``scope`` with ``records`` (step, metrics), in order.
+
+    A resumed run knows its whole history only at the end (the epochs before the interruption
+    come from its checkpoint); this makes the stored series exactly that history.
+    """
+    now = time.time()
+    rows = [(run_id, int(step), scope, str(n), _number(v, f'metric {n!r}'), now)
+            for step, metrics in records for n, v in metrics.items()]
+    with self._write() as conn:
+      self._check_run(conn, run_id)
+      conn.execute('DELETE FROM metrics WHERE run_id = ? AND scope = ?', (run_id, scope))
+      conn.executemany('INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)', rows)
+
   def _end(self, run_id: int, status: str, summary: str | None, error: str | None) -> None:
     with self._write() as conn:
       self._check_run(conn, run_id)
@@ -305,7 +410,7 @@ class ResultsStore:
 
     Args:
       kind: only runs of this kind.
-      status: only runs with this status ('running', 'complete' or 'failed').
+      status: only runs with this status ('running', 'complete', 'failed' or 'interrupted').
       run_id: only this run.
 
     Returns:
@@ -314,6 +419,7 @@ class ResultsStore:
     """
     if status is not None and status not in STATUSES:
       raise ValueError(f'status must be one of {STATUSES}, got {status!r}')
+    self._settle_dead_runs()
     where, args = [], []
     for column, value in (('kind', kind), ('status', status), ('run_id', run_id)):
       if value is not None:
@@ -331,6 +437,25 @@ class ResultsStore:
       run['summary'] = None if run['summary'] is None else json.loads(run['summary'])
       result.append(run)
     return result
+
+  def _settle_dead_runs(self) -> None:
+    """Marks 'running' runs of this host whose process is gone as 'interrupted'.
+
+    A killed process cannot record its own end; without this its run would read 'running'
+    forever. Runs of other hosts cannot be checked from here and are left as they are.
+    """
+    host = socket.gethostname()
+    rows = self._query("SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?",
+                       (host,))
+    dead = [run_id for run_id, pid in rows if _process_state(host, pid) == 'gone']
+    if not dead:
+      return
+    with self._write() as conn:
+      conn.executemany(
+          "UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE run_id = ? "
+          "AND status = 'running'",
+          [(f'interrupted: process {pid} on {host} ended without finishing the run', time.time(),
+            run_id) for run_id, pid in rows if run_id in dead])
 
   def run(self, run_id: int) -> dict[str, Any]:
     """One run as ``runs`` returns it; KeyError if absent."""

@@ -1,7 +1,12 @@
-"""Tests for fwjax.runs: flags.txt reproduces a run's configuration; file identities."""
+"""Tests for fwjax.runs: flags.txt reproduces a run's configuration; file identities; the flags
+error messages name exist; atomic run records; library logging kept off the console."""
 
+import ast
 import dataclasses
+import io
 import json
+import logging
+import re
 import subprocess
 import sys
 
@@ -80,3 +85,97 @@ def test_weights_identity_hashes_content_not_name(tmp_path):
 def test_compute_dtype_names_the_flag():
   with pytest.raises(ValueError, match='--dtype must be one of float32, bfloat16'):
     runs.compute_dtype('float16')
+
+
+# Issue 16, finding 3: error messages advised flags that no job has (--max_pixels). Every
+# --flag named in a raise statement of the library must be a flag of each job that imports
+# the module raising it (each entry point in its own process: both define --manifest ...).
+
+ENTRY_POINTS = ('experiments.descriptor', 'experiments.similarity', 'experiments.grid')
+_FLAG = re.compile(r'(?<![\w-])--([a-z][a-z0-9_]*)')
+
+
+def _flags_named_in_raises() -> dict[str, dict[str, list[int]]]:
+  """{module: {flag: [line, ...]}} for the string constants inside every raise of fwjax."""
+  named: dict[str, dict[str, list[int]]] = {}
+  for path in sorted((REPO / 'fwjax').rglob('*.py')):
+    module = '.'.join(path.relative_to(REPO).with_suffix('').parts).removesuffix('.__init__')
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if not isinstance(node, ast.Raise) or node.exc is None:
+        continue
+      for part in ast.walk(node.exc):
+        if isinstance(part, ast.Constant) and isinstance(part.value, str):
+          for flag in _FLAG.findall(part.value):
+            named.setdefault(module, {}).setdefault(flag, []).append(node.lineno)
+  return named
+
+
+def _job_flags(entry_point: str) -> tuple[set[str], set[str], set[str]]:
+  """(flags, boolean flags, fwjax modules imported) of an entry point, in its own process."""
+  script = (f'import json, sys, {entry_point}; from absl import flags; '
+            'print(json.dumps([list(flags.FLAGS), '
+            '[n for n in flags.FLAGS if flags.FLAGS[n].boolean], '
+            "[m for m in sys.modules if m.split('.')[0] == 'fwjax']]))")
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, check=True,
+                       capture_output=True, text=True).stdout
+  names, booleans, modules = json.loads(out.splitlines()[-1])
+  return set(names), set(booleans), set(modules)
+
+
+def test_every_flag_an_error_message_names_exists_in_the_jobs_that_raise_it():
+  named = _flags_named_in_raises()
+  assert 'max_pixels' in named['fwjax.data.images']  # the finding: now a flag of both jobs
+  jobs = {entry_point: _job_flags(entry_point) for entry_point in ENTRY_POINTS}
+
+  def defines(job, flag):
+    names, booleans, _ = jobs[job]
+    return flag in names or (flag.startswith('no') and flag[2:] in booleans)
+
+  problems = []
+  for module, flags_named in named.items():
+    importers = [job for job, (_, _, modules) in jobs.items() if module in modules]
+    for flag, lines in flags_named.items():
+      where = f'{module} line {lines[0]}: --{flag}'
+      if not any(defines(job, flag) for job in ENTRY_POINTS):
+        problems.append(f'{where} is a flag of no job')
+      problems += [f'{where} is not a flag of {job}, which imports it'
+                   for job in importers if not defines(job, flag)]
+  assert not problems, '\n'.join(problems)
+
+
+# Finding 1: run records are written atomically, so a refused or killed run never leaves a
+# half-written one. Finding 9: library logging goes to the run folder, not the console.
+
+def test_atomic_write_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+  path = tmp_path / 'summary.json'
+  runs.write_atomic(path, 'old\n')
+  with pytest.raises(RuntimeError), runs.atomic_open(path) as f:
+    f.write('half of the new')
+    raise RuntimeError('killed mid-write')
+  assert path.read_text() == 'old\n'
+  assert [p.name for p in tmp_path.iterdir()] == ['summary.json']  # no temporary file left
+  with runs.atomic_open(path, 'wb') as f:
+    f.write(b'new\n')
+  assert path.read_text() == 'new\n'
+
+
+def test_library_logging_goes_to_the_run_folder_not_the_console(tmp_path):
+  console = io.StringIO()
+  handler = logging.StreamHandler(console)
+  root = logging.getLogger()
+  root.addHandler(handler)
+  library = logging.getLogger('orbax.checkpoint.test')
+  library.setLevel(logging.INFO)
+  try:
+    with runs.quiet_console():
+      with runs.log_file(tmp_path / 'logs' / 'job.log'):
+        library.info('Saving checkpoint at step 1')
+        library.warning('disk almost full')
+      library.info('after the run folder is closed')
+    library.warning('after the job')
+  finally:
+    root.removeHandler(handler)
+  assert console.getvalue().splitlines() == ['disk almost full', 'after the job']
+  logged = (tmp_path / 'logs' / 'job.log').read_text()
+  assert 'Saving checkpoint at step 1' in logged and 'disk almost full' in logged
+  assert 'after the run folder' not in logged

@@ -3,11 +3,17 @@
 import json
 import math
 import multiprocessing
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from fwjax import store as store_lib
+
+from conftest import REPO
 
 
 def test_round_trip(tmp_path):
@@ -155,3 +161,117 @@ def test_fresh_database_created_by_two_processes(tmp_path):
     p.join(120)
   assert [p.exitcode for p in workers] == [0, 0]
   assert len(store_lib.ResultsStore(path).runs(status='complete')) == 10
+
+
+# Issue 16, finding 6: a killed run used to stay 'running' forever, and its resumed run was a
+# second row.
+
+_CHILD = """
+import os, signal, sys
+from fwjax import store as store_lib
+store = store_lib.ResultsStore(sys.argv[1])
+run_id = store.start_run('descriptor', 'a', {'x': 1}, 'k', 'out')
+store.log_metrics(run_id, 1, {'loss': 0.5})
+store.log_values(run_id, 'per_label', 'D01', {'ap': 0.75})
+store.log_artifact(run_id, 'half_written', 'out/x.csv')
+print(run_id, flush=True)
+if sys.argv[2] == 'kill':
+  os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()  # 'wait': alive until the test closes stdin
+"""
+
+
+def _child(path, mode):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.Popen([sys.executable, '-c', _CHILD, str(path), mode], env=env,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_killed_run_reads_interrupted_and_is_continued_not_repeated(tmp_path):
+  path = tmp_path / 'results.sqlite'
+  child = _child(path, 'kill')
+  child_id = int(child.stdout.readline())
+  assert child.wait(60) == -signal.SIGKILL
+  store = store_lib.ResultsStore(path)
+  (run,) = store.runs()
+  assert run['run_id'] == child_id and run['status'] == 'interrupted'
+  assert f'process {child.pid}' in run['error']
+  assert store.runs(status='running') == []
+
+  # The resumed run takes the row over, with a clean slate for what it writes again.
+  run_id = store.continue_run('descriptor', 'a (resumed)', {'x': 1, 'more': 2}, 'k', 'out')
+  assert run_id == child_id
+  run = store.run(run_id)
+  assert (run['status'], run['pid'], run['name'], run['error']) == (
+      'running', os.getpid(), 'a (resumed)', None)
+  assert store.metrics(run_id) == [] and store.values(run_id, 'per_label') == []
+  assert store.artifacts(run_id) == {}
+  store.replace_metrics(run_id, [(1, {'loss': 0.5}), (2, {'loss': 0.25})])
+  store.replace_metrics(run_id, [(1, {'loss': 0.5}), (2, {'loss': 0.25})])  # idempotent
+  assert store.metrics(run_id) == [(1, 'loss', 0.5), (2, 'loss', 0.25)]
+  store.finish_run(run_id, {'done': True})
+  assert [(r['run_id'], r['status']) for r in store.runs()] == [(child_id, 'complete')]
+  # A complete run is not continued: running the configuration again is a new run.
+  assert store.continue_run('descriptor', 'a', {}, 'k', 'out') is None
+  # Nor a run of another folder or configuration.
+  store.interrupt_run(run_id, 'stopped')
+  assert store.continue_run('descriptor', 'a', {}, 'k', 'elsewhere') is None
+  assert store.continue_run('descriptor', 'a', {}, 'other', 'out') is None
+  assert store.continue_run('descriptor', 'a', {}, 'k', 'out') == run_id
+
+
+def test_a_live_run_is_not_taken_over(tmp_path):
+  path = tmp_path / 'results.sqlite'
+  child = _child(path, 'wait')
+  try:
+    child_id = int(child.stdout.readline())
+    store = store_lib.ResultsStore(path)
+    assert store.run(child_id)['status'] == 'running'  # alive: left as it is
+    with pytest.raises(store_lib.RunInProgressError, match=f'process {child.pid}'):
+      store.continue_run('descriptor', 'a', {}, 'k', 'out')
+    assert store.run(child_id)['pid'] == child.pid  # the refusal changed nothing
+  finally:
+    child.stdin.close()
+    child.wait(60)
+  assert store.run(child_id)['status'] == 'interrupted'  # it ended without finishing
+  assert store.continue_run('descriptor', 'a', {}, 'k', 'out') == child_id
+
+
+_SCHEMA_1_RUNS = """
+CREATE TABLE runs (
+  run_id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
+  config_key TEXT NOT NULL, flags TEXT NOT NULL, output_dir TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+  summary TEXT, error TEXT, host TEXT, pid INTEGER, started_at REAL NOT NULL, finished_at REAL)
+"""
+
+
+def test_version_1_database_is_migrated_in_place(tmp_path):
+  path = tmp_path / 'old.sqlite'
+  conn = sqlite3.connect(path)
+  conn.execute(_SCHEMA_1_RUNS)
+  conn.execute('CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs (run_id), '
+               'step INTEGER NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL, value REAL, '
+               'logged_at REAL NOT NULL)')
+  conn.execute('CREATE TABLE run_values (run_id INTEGER NOT NULL, scope TEXT NOT NULL, '
+               'key TEXT NOT NULL, name TEXT NOT NULL, value REAL)')
+  conn.execute('CREATE TABLE artifacts (run_id INTEGER NOT NULL, name TEXT NOT NULL, '
+               'path TEXT NOT NULL)')
+  conn.execute("INSERT INTO runs VALUES (5, 'descriptor', 'old', 'k', '{}', 'out', 'complete', "
+               "'{\"macro_prauc\": 0.5}', NULL, 'elsewhere', 1, 10.0, 20.0)")
+  conn.execute("INSERT INTO metrics VALUES (5, 1, 'epoch', 'loss', 0.25, 11.0)")
+  conn.execute('PRAGMA user_version = 1')
+  conn.commit()
+  conn.close()
+  store = store_lib.ResultsStore(path)
+  (run,) = store.runs()
+  assert (run['run_id'], run['summary'], run['started_at']) == (5, {'macro_prauc': 0.5}, 10.0)
+  assert store.metrics(5) == [(1, 'loss', 0.25)]
+  new = store.start_run('descriptor', 'new', {}, 'k2', 'out')
+  assert new == 6
+  store.interrupt_run(new, 'stopped')  # the status version 1 did not allow
+  assert store.run(new)['status'] == 'interrupted'
+  conn = sqlite3.connect(path)
+  assert conn.execute('PRAGMA user_version').fetchone()[0] == store_lib.SCHEMA_VERSION == 2
+  assert conn.execute('PRAGMA integrity_check').fetchone()[0] == 'ok'
+  conn.close()

@@ -8,7 +8,13 @@ the split. Paths are relative to ``root`` (default: the CSV's folder) unless abs
 Every bad row is named: an unknown code, a missing file, an image that cannot be used
 (:func:`fwjax.data.images.load_greyscale`). ``on_bad_image='error'`` (default) stops at the first;
 ``'skip'`` leaves the row out, writes it with its reason to ``report_path`` and logs the count.
-Label errors always stop: a wrong code is a mistake in the manifest, not in an image.
+Label errors always stop: a wrong code is a mistake in the manifest, not in an image. An empty
+``labels`` field is one too, unless the caller says that empty means no descriptor
+(``allow_empty_labels``): every NFRC impression has at least one (a plain sole is D14), so an
+empty field is far more often a row not filled in than an image without a descriptor.
+
+:func:`scan_manifest` does the reading and checking and writes nothing, for a job that must
+decide whether to run before it writes anything; :func:`read_manifest` also writes the report.
 """
 
 from __future__ import annotations
@@ -38,27 +44,42 @@ class ManifestError(ValueError):
   """A manifest row that cannot be used; the message names the file and row."""
 
 
-def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                  on_bad_image: str = 'error', report_path: str | os.PathLike | None = None,
-                  check_images: bool = True, max_pixels: int = images_lib.MAX_PIXELS
-                  ) -> list[Example]:
-  """Reads and validates a manifest.
+@dataclasses.dataclass(frozen=True)
+class SkippedRow:
+  """A manifest row left out with ``on_bad_image='skip'``: its CSV row, path as written, reason."""
+  row: int
+  path: str
+  reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestScan:
+  """What :func:`scan_manifest` found: the usable examples and the rows it left out."""
+  examples: list[Example]
+  skipped: list[SkippedRow]
+
+
+def scan_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  on_bad_image: str = 'error', check_images: bool = True,
+                  max_pixels: int = images_lib.MAX_PIXELS,
+                  allow_empty_labels: bool = False) -> ManifestScan:
+  """Reads and validates a manifest, writing nothing (:func:`read_manifest` writes the report).
 
   Args:
     csv_path: the CSV file.
     root: folder the relative paths are relative to (default: the CSV's folder).
-    on_bad_image: ``'error'`` or ``'skip'`` (skipped rows go to ``report_path``).
-    report_path: CSV written with ``row,path,reason`` for every skipped row (only with 'skip';
-      default: ``<csv stem>_skipped.csv`` beside the CSV when something is skipped).
+    on_bad_image: ``'error'`` or ``'skip'`` (skipped rows are returned with their reason).
     check_images: decode every image now (slower, but a bad image fails here, not mid-training).
     max_pixels: decompression-bomb guard passed to the decoder.
+    allow_empty_labels: an empty ``labels`` field means the image has no descriptor; otherwise
+      such rows are refused.
 
   Returns:
-    The usable examples, in file order.
+    The usable examples, in file order, and the skipped rows.
 
   Raises:
-    ManifestError: missing columns, unknown codes, duplicate paths, or (with 'error') a missing
-      or unusable image, naming the CSV row.
+    ManifestError: missing columns, unknown codes, empty labels (all such rows named),
+      duplicate paths, or (with 'error') a missing or unusable image, naming the CSV row.
   """
   if on_bad_image not in ('error', 'skip'):
     raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -66,7 +87,7 @@ def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
   if not csv_path.is_file():
     raise ManifestError(f'manifest not found: {csv_path}')
   root = pathlib.Path(root) if root is not None else csv_path.parent
-  examples, skipped, seen = [], [], {}
+  examples, skipped, seen, unlabelled = [], [], {}, []
   with open(csv_path, newline='') as f:
     reader = csv.DictReader(f)
     missing = {'path', 'labels'} - set(reader.fieldnames or ())
@@ -79,6 +100,8 @@ def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
         labels = descriptors.parse_labels(row['labels'] or '', where=where)
       except descriptors.LabelError as error:
         raise ManifestError(str(error)) from None
+      if not labels and not allow_empty_labels:
+        unlabelled.append(row_number)
       split = (row.get('split') or '').strip().lower() or None
       if split not in (None, 'train', 'valid'):
         raise ManifestError(f"{where}: split must be 'train' or 'valid', got {split!r}")
@@ -90,6 +113,8 @@ def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
       if str(path) in seen:
         raise ManifestError(f'{where}: {relative} is listed twice (first at row {seen[str(path)]})')
       seen[str(path)] = row_number
+      if unlabelled:  # the run stops at the end of the file: decoding more images is wasted
+        continue
       try:
         if check_images:
           images_lib.load_greyscale(path, max_pixels=max_pixels)
@@ -97,22 +122,70 @@ def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None
           raise images_lib.BadImageError(path, 'no such file')
       except images_lib.BadImageError as error:
         if on_bad_image == 'error':
-          raise ManifestError(f'{where}: {error} (use --on_bad_image=skip to leave such rows out '
+          raise ManifestError(f'{where}: {error} (on_bad_image=\'skip\' leaves such rows out, '
                               'with a report)') from None
-        skipped.append((row_number, relative, error.reason))
+        skipped.append(SkippedRow(row_number, relative, error.reason))
         continue
       examples.append(Example(path, labels, split))
-  if skipped:
-    report = pathlib.Path(report_path) if report_path else csv_path.with_name(
-        csv_path.stem + '_skipped.csv')
-    report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['row', 'path', 'reason'])
-      writer.writerows(skipped)
+  if unlabelled:
+    rows = ', '.join(map(str, unlabelled[:20])) + (' ...' if len(unlabelled) > 20 else '')
+    raise EmptyLabelsError(
+        f'{csv_path}: {len(unlabelled)} row(s) with an empty labels field (rows {rows}); every '
+        'NFRC impression has at least one descriptor (a plain sole is D14): fill them in',
+        rows=unlabelled)
+  return ManifestScan(examples, skipped)
+
+
+class EmptyLabelsError(ManifestError):
+  """Manifest rows with an empty labels field; ``rows`` holds their CSV row numbers."""
+
+  def __init__(self, message: str, rows: list[int]):
+    super().__init__(message)
+    self.rows = rows
+
+
+def write_skipped(report: str | os.PathLike, skipped: Sequence[SkippedRow]) -> pathlib.Path:
+  """Writes skipped rows as a CSV of ``row,path,reason``; returns its path."""
+  report = pathlib.Path(report)
+  report.parent.mkdir(parents=True, exist_ok=True)
+  with open(report, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['row', 'path', 'reason'])
+    writer.writerows((s.row, s.path, s.reason) for s in skipped)
+  return report
+
+
+def read_manifest(csv_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  on_bad_image: str = 'error', report_path: str | os.PathLike | None = None,
+                  check_images: bool = True, max_pixels: int = images_lib.MAX_PIXELS,
+                  allow_empty_labels: bool = False) -> list[Example]:
+  """Reads and validates a manifest (:func:`scan_manifest`) and reports the rows it skipped.
+
+  Args:
+    csv_path: the CSV file.
+    root: folder the relative paths are relative to (default: the CSV's folder).
+    on_bad_image: ``'error'`` or ``'skip'`` (skipped rows go to ``report_path``).
+    report_path: CSV written with ``row,path,reason`` for every skipped row (only with 'skip';
+      default: ``<csv stem>_skipped.csv`` beside the CSV when something is skipped).
+    check_images: decode every image now (slower, but a bad image fails here, not mid-training).
+    max_pixels: decompression-bomb guard passed to the decoder.
+    allow_empty_labels: an empty ``labels`` field means the image has no descriptor.
+
+  Returns:
+    The usable examples, in file order.
+
+  Raises:
+    ManifestError: as :func:`scan_manifest`.
+  """
+  scan = scan_manifest(csv_path, root=root, on_bad_image=on_bad_image, check_images=check_images,
+                       max_pixels=max_pixels, allow_empty_labels=allow_empty_labels)
+  if scan.skipped:
+    csv_path = pathlib.Path(csv_path)
+    report = write_skipped(report_path or csv_path.with_name(csv_path.stem + '_skipped.csv'),
+                           scan.skipped)
     logging.warning('%s: skipped %d of %d rows with unusable images; see %s', csv_path,
-                    len(skipped), len(skipped) + len(examples), report)
-  return examples
+                    len(scan.skipped), len(scan.skipped) + len(scan.examples), report)
+  return scan.examples
 
 
 def write_manifest(csv_path: str | os.PathLike, examples: Sequence[Example]) -> pathlib.Path:

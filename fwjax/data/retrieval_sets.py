@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fwjax.data import fid300, manifest
-from fwjax.data import synthetic as synthetic_data
+from fwjax.data import fid300, images, manifest
+from fwjax.data import synthetic as synthetic_lib
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp', '.pgm')
 
@@ -49,6 +49,8 @@ class RetrievalSet:
   query_sets: dict[int, list[Query]]
   description: str
   is_fid300: bool = False
+  skipped: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)
+  """Listed images left out before extraction (manifest rows that cannot be used), with why."""
 
   def queries(self, num_references: int) -> list[Query]:
     return self.query_sets[num_references]
@@ -135,7 +137,8 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
                        manifest_path: str | None = None, fid300_dir: str | None = None,
                        synthetic: int = 0, synthetic_probes_per_model: int = 2,
                        references: Sequence[str] = (), num_references: Sequence[int] = (1,),
-                       queries_per_class: int = 1, seed: int = 0) -> RetrievalSet:
+                       queries_per_class: int = 1, seed: int = 0,
+                       max_pixels: int = images.MAX_PIXELS) -> RetrievalSet:
   """Builds the retrieval set named by a similarity run's settings (the flags of the same names).
 
   Args:
@@ -147,6 +150,8 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     num_references: reference counts R to build queries for.
     queries_per_class: queries drawn per class of a class-folder collection.
     seed: seed of the drawing and of the synthetic set.
+    max_pixels: a manifest's images with more pixels than this are left out (listed in
+      ``skipped``).
 
   Returns:
     The retrieval set with its queries for every R in ``num_references``.
@@ -171,19 +176,22 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
       if not root.is_dir():
         raise FileNotFoundError(f'--fid300_dir: no such folder: {root}')
       return _fid300(root, num_references, 'FID-300')
-    root = synthetic_data.make_retrieval_set(work_dir / 'synthetic_retrieval', int(value),
-                                        synthetic_probes_per_model, seed=seed)
+    root = synthetic_lib.make_retrieval_set(work_dir / 'synthetic_retrieval', int(value),
+                                            synthetic_probes_per_model, seed=seed)
     return _fid300(pathlib.Path(root), num_references, 'synthetic retrieval set')
 
   if source == 'manifest':
     csv_path = pathlib.Path(value).expanduser()
     if not csv_path.is_file():
       raise FileNotFoundError(f'--manifest: no such file: {csv_path}')
-    # Rows the manifest reader refuses are listed in its report file (named in the description
-    # and so in summary.json); images that fail to decode later are listed by feature extraction.
-    skipped_rows = work_dir / 'manifest_skipped.csv'
-    items = [pathlib.Path(e.path) for e in manifest.read_manifest(
-        csv_path, on_bad_image='skip', report_path=skipped_rows)]
+    # Rows the manifest reader refuses are returned in ``skipped`` (the job lists them with the
+    # images that fail to decode later); nothing is written here. The labels are not used to
+    # rank, so an empty labels field is no error.
+    scan = manifest.scan_manifest(csv_path, on_bad_image='skip', max_pixels=max_pixels,
+                                  allow_empty_labels=True)
+    items = [pathlib.Path(e.path) for e in scan.examples]
+    skipped = [(csv_path.parent / s.path, f'manifest row {s.row}: {s.reason}')
+               for s in scan.skipped]
     root, classes, other = None, None, 0
   else:
     root = pathlib.Path(value).expanduser()
@@ -194,9 +202,10 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     classes = None if not items or None in found else found
   description = f'{source} {value}: {len(items)} images' + (
       f' ({other} non-image files ignored)' if other else '') + (
-          f' (manifest rows left out: {skipped_rows})'
-          if source == 'manifest' and skipped_rows.exists() else '')
+          f' ({len(skipped)} manifest rows left out)' if source == 'manifest' and skipped else '')
 
+  if source != 'manifest':
+    skipped = []
   if references:
     if tuple(num_references) != (1,):
       raise ValueError('--num_references applies to queries drawn from a collection; with '
@@ -208,7 +217,7 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
                         classes=None if classes is None else [classes[i] for i in keep],
                         query_sets={1: queries},
                         description=description + f', {len(items) - len(keep)} reference(s) '
-                                                  'taken out of the collection')
+                                                  'taken out of the collection', skipped=skipped)
   if classes is None:
     raise ValueError(f'--references is required: {description}, and no class sub-folders to '
                      'draw queries from')

@@ -14,6 +14,7 @@ import os
 
 from fwjax import augment as augment_lib
 from fwjax import runs
+from fwjax.data import images
 from fwjax.models import classifier
 from fwjax.training import losses as losses_lib
 from fwjax.training import optim, steps
@@ -63,16 +64,23 @@ class DescriptorConfig:
   resume: bool = True
   progress: bool = True
   distributed: bool = False
+  max_pixels: int = images.MAX_PIXELS
+  allow_empty_labels: bool = False
 
 
 # Fields that change where or how a run reports, not its result.
 UNKEYED = ('out_dir', 'cache_dir', 'results_db', 'name', 'num_gradcam', 'workers', 'resume',
             'progress', 'distributed')
 
+# Fields added after results were stored under config keys: at these defaults they leave the
+# key out, so the runs recorded before the field existed keep their keys (a grid skips them).
+KEYED_WHEN_SET = {'max_pixels': images.MAX_PIXELS, 'allow_empty_labels': False}
+
 
 def config_key(config: DescriptorConfig) -> str:
   """The results-store key of a configuration: a hash of every field that shapes the result."""
-  fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNKEYED}
+  fields = {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in UNKEYED and not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])}
   if fields['weights']:  # the weights' identity, not where they happen to be stored
     fields['weights'] = runs.weights_identity(fields['weights'])
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
@@ -102,6 +110,8 @@ def validate(config: DescriptorConfig) -> None:
                      f'got width {width}')
   if config.weights and not os.path.exists(config.weights):
     raise FileNotFoundError(f'--weights={config.weights}: no such file')
+  if config.max_pixels < 1:
+    raise ValueError(f'--max_pixels must be a positive pixel count, got {config.max_pixels}')
 
 
 def build_model(config: DescriptorConfig) -> classifier.DescriptorClassifier:

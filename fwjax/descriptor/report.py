@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fwjax import descriptors
+from fwjax import descriptors, runs
 from fwjax import metrics as metrics_lib
 from fwjax import store as store_lib
 from fwjax.descriptor import data as descriptor_data
@@ -52,6 +52,13 @@ class Scores:
     return self.positives / max(len(self.labels), 1)
 
 
+def summarize(config: DescriptorConfig, data: descriptor_data.DescriptorData,
+              result: train.FitResult) -> dict[str, Any]:
+  """The summary :func:`write_report` returns, writing nothing (for processes other than 0)."""
+  return _summary(config, Scores.of(data.fit_data.valid_labels, result.valid_scores), data,
+                  result, gradcams=[])
+
+
 def write_report(config: DescriptorConfig, out: pathlib.Path,
                  data: descriptor_data.DescriptorData, result: train.FitResult,
                  store: store_lib.ResultsStore, run_id: int) -> dict[str, Any]:
@@ -75,7 +82,7 @@ def write_report(config: DescriptorConfig, out: pathlib.Path,
 def write_per_label_tables(scores: Scores, out: pathlib.Path) -> None:
   """per_label_ap.csv (full precision) and per_label_ap.md (for reading)."""
   codes, prevalence = descriptors.CODES, scores.prevalence
-  with open(out / 'per_label_ap.csv', 'w', newline='') as f:
+  with runs.atomic_open(out / 'per_label_ap.csv', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['code', 'name', 'ap', 'positives', 'prevalence'])
     for i, code in enumerate(codes):
@@ -87,14 +94,14 @@ def write_per_label_tables(scores: Scores, out: pathlib.Path) -> None:
     lines.append(f'| {code} | {descriptors.NAMES[code]} | {ap} | {int(scores.positives[i])} | '
                  f'{prevalence[i]:.3f} |')
   lines.append(f'| **macro** | | **{scores.macro:.4f}** | | baseline {scores.baseline:.4f} |')
-  (out / 'per_label_ap.md').write_text('\n'.join(lines) + '\n')
+  runs.write_atomic(out / 'per_label_ap.md', '\n'.join(lines) + '\n')
 
 
 def write_confusion(scores: Scores, out: pathlib.Path, name: str) -> np.ndarray:
   """The paper's multilabel confusion matrix as confusion.csv and confusion.png."""
   codes = descriptors.CODES
   confusion = metrics_lib.multilabel_confusion(scores.labels, scores.scores)
-  with open(out / 'confusion.csv', 'w', newline='') as f:
+  with runs.atomic_open(out / 'confusion.csv', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['true\\predicted', *codes])
     for i, code in enumerate(codes):
@@ -106,7 +113,7 @@ def write_confusion(scores: Scores, out: pathlib.Path, name: str) -> np.ndarray:
 
 def write_predictions(scores: Scores, paths: list[str], out: pathlib.Path) -> None:
   """predictions.csv: each validation image's path, true codes and a score per descriptor."""
-  with open(out / 'predictions.csv', 'w', newline='') as f:
+  with runs.atomic_open(out / 'predictions.csv', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['path', 'labels', *descriptors.CODES])
     for path, row, score in zip(paths, scores.labels, scores.scores):

@@ -40,6 +40,7 @@ import safetensors.numpy
 from fwjax.models import _torch_pickle, bodies, hed, keras_h5, keras_layers, resnet
 
 UnsafeCheckpointError = _torch_pickle.UnsafeCheckpointError
+CheckpointFileError = _torch_pickle.CheckpointFileError
 
 # (collection, flax path, torch array -> flax array)
 Target = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
@@ -109,13 +110,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   Raises:
     FileNotFoundError: no such file.
     UnsafeCheckpointError: the ``.pth`` pickle names a global that is not a tensor part.
+    CheckpointFileError: a truncated or damaged file (named, with what is wrong).
     ValueError: unknown extension, or the file does not hold a state dict.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such checkpoint file')
   if path.endswith('.safetensors'):
-    state = safetensors.numpy.load_file(path)
+    state = _load_safetensors(path)
   elif path.endswith(('.pth', '.pt', '.bin')):
     state = _torch_pickle.load_pth(path)
   else:
@@ -130,6 +132,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if state and all(k.startswith('module.') for k in state):
     state = {k[len('module.'):]: v for k, v in state.items()}
   return dict(state)
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """``safetensors.numpy.load_file``, naming the file when it cannot be read."""
+  try:
+    return safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError, ValueError) as error:
+    raise CheckpointFileError(
+        f'{path}: not a readable .safetensors file ({os.path.getsize(path):,} bytes; '
+        f'{type(error).__name__}: {error}): the file is truncated or corrupt') from None
 
 
 def infer_config(state: dict[str, np.ndarray], where: str = 'state dict') -> dict[str, Any]:

@@ -53,6 +53,7 @@ class SimilarityConfig:
   flip: bool = False
   rotations: tuple[float, ...] = ()
   shortlist: int = 0
+  max_pixels: int = images.MAX_PIXELS
 
 
 MATCHERS = ('global', 'mcncc')
@@ -89,3 +90,5 @@ def validate(config: SimilarityConfig) -> None:
                        f'{config.match_scale}, {config.margin}, {config.shortlist})')
   if config.colour not in images.COLOUR_MODES:
     raise ValueError(f'--colour={config.colour!r}; valid: {", ".join(images.COLOUR_MODES)}')
+  if config.max_pixels < 1:
+    raise ValueError(f'--max_pixels must be a positive pixel count, got {config.max_pixels}')

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import pathlib
 import tempfile
@@ -41,8 +42,9 @@ from fwjax.models import bodies, feature_model
 from fwjax.models.feature_model import FeatureError, FeatureModel  # noqa: F401 (re-exported)
 from fwjax.similarity import feature_cache
 
-# Bumped when extraction changes in a way that changes the numbers: old caches are then ignored.
-_CACHE_VERSION = 2  # 2: any body, its own preprocessing; colour images as RGB
+# Bumped when extraction or the cache's format changes: old caches are then ignored. 2: the index
+# holds a checksum per row; 3: any body with its own preprocessing, colour images as RGB.
+_CACHE_VERSION = 3
 
 
 class Extractor:
@@ -111,18 +113,22 @@ class FeatureSet:
     skipped: (path, reason) for every image that could not be read; never silently dropped.
     num_extracted: images computed in this call (the rest came from the cache).
     extract_seconds: wall time spent decoding and computing those images.
+    repaired: images whose cached row was damaged (failed its checksum, or lay past the end of
+      a truncated file) and was extracted again; also counted in ``num_extracted``.
   """
   features: np.ndarray
   paths: list[pathlib.Path]
   skipped: list[tuple[pathlib.Path, str]]
   num_extracted: int
   extract_seconds: float
+  repaired: int = 0
 
 
 def _load(path: pathlib.Path, composition: str, height: int, width: int, policy: str,
-          colour: str = 'rgb') -> tuple[np.ndarray | None, str]:
+          colour: str = 'rgb', max_pixels: int = images_lib.MAX_PIXELS
+          ) -> tuple[np.ndarray | None, str]:
   try:
-    image = images_lib.load_image(path, colour=colour)
+    image = images_lib.load_image(path, colour=colour, max_pixels=max_pixels)
   except (images_lib.BadImageError, OSError) as error:
     return None, str(error) or type(error).__name__
   return resample.compose_image(image, composition, height, width, policy=policy), ''
@@ -157,6 +163,7 @@ def extract_features(
     workers: int | None = None,
     progress: bool = True,
     colour: str = 'rgb',
+    max_pixels: int = images_lib.MAX_PIXELS,
 ) -> FeatureSet:
   """Extracts (or reuses from the cache) the features of every readable image in ``paths``.
 
@@ -181,9 +188,11 @@ def extract_features(
     colour: ``'rgb'`` feeds colour photographs as RGB and replicates a greyscale image's
       composition to three channels; ``'luma'`` turns colour photographs into grey first
       (``fwjax.data.images.load_image``).
+    max_pixels: refuse (skip, with the reason) images with more pixels than this.
 
   Returns:
-    A ``FeatureSet``; unreadable images are in its ``skipped`` list with the reason.
+    A ``FeatureSet``; unreadable images are in its ``skipped`` list with the reason. Cached rows
+    that fail their checksum are extracted again (a warning names the cache file and rows).
 
   Raises:
     FeatureError: unknown stage, composition or policy.
@@ -213,6 +222,8 @@ def extract_features(
       skipped[i] = f'cannot read file: {error.strerror or error}'
   config = dict(version=_CACHE_VERSION, model=model.identity, stage=stage, height=height,
                 width=width, composition=composition, policy=policy, colour=colour)
+  load = functools.partial(_load, composition=composition, height=height, width=width,
+                           policy=policy, colour=colour, max_pixels=max_pixels)
   with tempfile.TemporaryDirectory(prefix='fwjax-features-') as scratch:
     cache = feature_cache.FeatureCache(cache_dir if cache_dir is not None else scratch, config,
                                        extractor.dim)
@@ -220,28 +231,48 @@ def extract_features(
     for digest, path in zip(digests, paths):
       if digest is not None and digest not in cache.rows:
         todo.setdefault(digest, path)
-    failed, extract_seconds = _extract_missing(cache, extractor, list(todo.items()), composition,
-                                               height, width, policy, workers, progress,
-                                               colour)
-    for i, digest in enumerate(digests):
-      if digest is not None and digest in failed:
-        skipped[i] = failed[digest]
-    keep = [i for i in range(len(paths)) if i not in skipped]
-    features = feature_cache.assemble(cache, [digests[i] for i in keep], out_path)
+    failed, extract_seconds = _extract_missing(cache, extractor, list(todo.items()), load,
+                                               workers, progress)
+    num_extracted, repaired = len(todo) - len(failed), 0
+
+    def gather() -> tuple[list[int], np.ndarray, list[int]]:
+      for i, digest in enumerate(digests):
+        if digest is not None and digest in failed:
+          skipped[i] = failed[digest]
+      keep = [i for i in range(len(paths)) if i not in skipped]
+      return keep, *feature_cache.assemble(cache, [digests[i] for i in keep], out_path)
+
+    keep, features, damaged = gather()
+    if damaged:
+      # Rows that fail their checksum or were cut off are extracted again from their images
+      # (the cache gets new rows for them), then everything is gathered once more.
+      redo = {digests[keep[j]]: paths[keep[j]] for j in damaged}
+      cache.forget(list(redo))
+      more_failed, seconds = _extract_missing(cache, extractor, list(redo.items()), load,
+                                              workers, progress)
+      failed.update(more_failed)
+      extract_seconds += seconds
+      repaired = len(redo) - len(more_failed)
+      num_extracted += repaired
+      keep, features, damaged = gather()
+      if damaged:
+        raise feature_cache.FeatureCacheError(
+            f'{cache.data_path}: rows written again just now fail their checksum; the disk '
+            'may be failing: move the cache elsewhere (--cache_dir)')
   return FeatureSet(features=features, paths=[paths[i] for i in keep],
                     skipped=[(paths[i], skipped[i]) for i in sorted(skipped)],
-                    num_extracted=len(todo) - len(failed), extract_seconds=extract_seconds)
+                    num_extracted=num_extracted, extract_seconds=extract_seconds,
+                    repaired=repaired)
 
 
 def _extract_missing(cache: feature_cache.FeatureCache, extractor: Extractor,
-                     items: list[tuple[str, pathlib.Path]], composition: str, height: int,
-                     width: int, policy: str, workers: int | None,
-                     progress: bool, colour: str = 'rgb') -> tuple[dict[str, str], float]:
+                     items: list[tuple[str, pathlib.Path]],
+                     load: Callable[[pathlib.Path], tuple[np.ndarray | None, str]],
+                     workers: int | None, progress: bool) -> tuple[dict[str, str], float]:
   """Computes and caches the features of ``items``; returns ({digest: reason}, seconds)."""
   failed: dict[str, str] = {}
   start = time.perf_counter()
   bar = progress_lib.Progress(len(items), 'extracting features', enabled=progress)
-  load = lambda path: _load(path, composition, height, width, policy, colour)  # noqa: E731
   workers = workers or min(os.cpu_count() or 1, 8)
   for batch in _batches(items, extractor.batch_size, load, workers):
     good = [(d, image) for d, _, image, _ in batch if image is not None]

@@ -12,6 +12,8 @@ Output folder layout::
 
   flags.txt                       the resolved flags (re-run with --flagfile)
   summary.json                    aggregated scores, timings, skipped images
+  skipped.csv                     path, reason of every listed image left out (unusable)
+  logs/similarity.log             library logging (JAX ...), kept off the console
   features/collection.npy         collection features (memory-mapped), row i = collection.csv row i
   features/references.npy         reference features, row i = references.csv row i
   collection.csv, references.csv  index, path of every ranked item / reference image
@@ -22,11 +24,13 @@ Output folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Sequence
@@ -46,6 +50,7 @@ from fwjax.similarity import report as retrieval_report
 from fwjax.similarity import spatial
 
 CMC_PERCENTS = (1, 5, 10, 15, 20)
+SKIPPED = 'skipped.csv'
 # Published CMC on FID-300 (fractions of probes), drawn on the CMC plot of FID-300 runs.
 PUBLISHED_FID300 = {
     'Kortylewski et al. 2014': {1: 0.147, 5: 0.307, 10: 0.397, 15: 0.433, 20: 0.467},
@@ -97,6 +102,11 @@ def _rank(queries: np.ndarray, collection: distances.Collection, metric: str, fu
 def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
   """Ranks, scores, times, stores and reports one similarity configuration.
 
+  A refused run writes no run record (flags.txt, features, rankings, summary, store rows): only
+  the feature cache and a synthetic set may have been filled. Images that cannot be used are
+  left out, listed in ``skipped.csv`` and counted on the console. Library logging goes to
+  ``logs/similarity.log`` in the output folder, not to the console.
+
   Args:
     config: the run's settings.
 
@@ -107,20 +117,28 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
     ValueError: a bad setting, an empty collection, or ``k`` larger than the collection.
     FileNotFoundError / ReferenceImageError: a reference image that cannot be read.
   """
+  with runs.quiet_console(), contextlib.ExitStack() as once_accepted:
+    return _run_similarity(config, once_accepted)
+
+
+def _run_similarity(config: SimilarityConfig, once_accepted: contextlib.ExitStack
+                    ) -> dict[str, Any]:
   validate(config)
   out_dir = pathlib.Path(config.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / 'flags.txt').write_text(runs.flags_text(config))
   retrieval = _load_retrieval_set(config, out_dir)
   timings: dict[str, dict[str, float]] = {}
   model, extractor, timings['model_build'] = _build_extractor(config)
   maps = None
   if config.matcher == 'mcncc':
     refs, items, maps, timings['feature_extraction'] = _extract_maps(config, model, retrieval)
-    config = dataclasses.replace(config, metrics=('mcncc',))
   else:
     refs, items, timings['feature_extraction'] = _extract(config, out_dir, model, extractor,
                                                           retrieval)
+  # Accepted: the run's own files are written from here on.
+  once_accepted.enter_context(runs.log_file(out_dir / 'logs' / runs.log_name('similarity')))
+  _write_run_files(config, out_dir, retrieval, refs, items)
+  if maps is not None:  # one ranking, by MCNCC; flags.txt keeps the flags as given
+    config = dataclasses.replace(config, metrics=('mcncc',))
   _write_indexes(out_dir, items, refs)
   item_classes = None
   if retrieval.classes is not None:
@@ -153,10 +171,39 @@ def run_similarity(config: SimilarityConfig) -> dict[str, Any]:
                                          {k: ir for k, (_, ir) in curves.items()})
   summary = dict(results[0])
   summary.update(features=features_text, num_items=len(items.paths), timings=timings,
-                 skipped=[{'path': str(p), 'reason': r} for p, r in items.skipped],
+                 skipped=[{'path': str(p), 'reason': r} for p, r in _skipped(retrieval, items)],
                  collection=retrieval.description, results=results)
-  (out_dir / 'summary.json').write_text(json.dumps(summary, indent=1, default=str))
+  runs.write_atomic(out_dir / 'summary.json', json.dumps(summary, indent=1, default=str))
   return summary
+
+
+def _skipped(retrieval: RetrievalSet, items: features_lib.FeatureSet
+             ) -> list[tuple[pathlib.Path, str]]:
+  """Every listed collection image left out: unusable manifest rows, then unreadable files."""
+  return list(retrieval.skipped) + list(items.skipped)
+
+
+def _write_run_files(config: SimilarityConfig, out_dir: pathlib.Path, retrieval: RetrievalSet,
+                     refs: features_lib.FeatureSet, items: features_lib.FeatureSet) -> None:
+  """flags.txt, the features and skipped.csv of an accepted run; says what was skipped."""
+  runs.write_atomic(out_dir / 'flags.txt', runs.flags_text(config))
+  features = out_dir / 'features'
+  features.mkdir(parents=True, exist_ok=True)
+  with runs.atomic_open(features / 'references.npy', 'wb') as f:
+    np.save(f, refs.features)
+  # The collection's features were streamed to a partial file: renamed, and mapped again under
+  # the new name (distances.Collection reads a memory map's file by its name).
+  os.replace(_partial_collection(out_dir), features / 'collection.npy')
+  items.features = np.load(features / 'collection.npy', mmap_mode='r')
+  skipped = _skipped(retrieval, items)
+  with runs.atomic_open(out_dir / SKIPPED, newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['path', 'reason'])
+    writer.writerows((str(p), r) for p, r in skipped)
+  if skipped:
+    listed = len(skipped) + len(items.paths)
+    print(f'{len(skipped)} of {listed} collection images skipped (unusable), listed in '
+          f'{out_dir / SKIPPED}', flush=True)
 
 
 def _load_retrieval_set(config: SimilarityConfig, out_dir: pathlib.Path) -> RetrievalSet:
@@ -166,7 +213,7 @@ def _load_retrieval_set(config: SimilarityConfig, out_dir: pathlib.Path) -> Retr
       fid300_dir=config.fid300_dir, synthetic=config.synthetic,
       synthetic_probes_per_model=config.synthetic_probes_per_model,
       references=config.references, num_references=config.num_references,
-      queries_per_class=config.queries_per_class, seed=config.seed)
+      queries_per_class=config.queries_per_class, seed=config.seed, max_pixels=config.max_pixels)
   if not retrieval.items:
     raise ValueError(f'the collection is empty: {retrieval.description}')
   if config.k > len(retrieval.items):
@@ -198,34 +245,47 @@ def _build_extractor(config: SimilarityConfig
                             'compile_seconds': time.perf_counter() - loaded}
 
 
+def _partial_collection(out_dir: pathlib.Path) -> pathlib.Path:
+  # One name, not one per process: a killed run's partial file is overwritten by the next run.
+  return out_dir / '.collection.npy.partial'
+
+
 def _extract(config: SimilarityConfig, out_dir: pathlib.Path, model: feature_model.FeatureModel,
              extractor: features_lib.Extractor, retrieval: RetrievalSet
              ) -> tuple[features_lib.FeatureSet, features_lib.FeatureSet, dict[str, float]]:
-  """Features of the references and of the collection (from the cache where it has them)."""
+  """Features of the references and of the collection (from the cache where it has them).
+
+  Nothing of the run's record is written yet: the references' features stay in memory and the
+  collection's go to a partial file, renamed by :func:`_write_run_files` once the run is
+  accepted (removed if it is refused).
+  """
   feature_args = dict(stage=config.stage, height=config.height, width=config.width,
                       composition=config.composition, policy=config.policy,
                       batch_size=config.batch_size, extractor=extractor,
                       cache_dir=config.cache_dir or out_dir / 'feature_cache',
-                      progress=config.progress, colour=config.colour)
+                      progress=config.progress, colour=config.colour,
+                      max_pixels=config.max_pixels)
   ref_paths = retrieval.reference_paths()
-  refs = features_lib.extract_features(model, ref_paths,
-                                       out_path=out_dir / 'features' / 'references.npy',
-                                       **feature_args)
+  refs = features_lib.extract_features(model, ref_paths, out_path=None, **feature_args)
   if refs.skipped:
     path, reason = refs.skipped[0]
     raise ReferenceImageError(f'reference image cannot be read: {path}: {reason} '
                               f'({len(refs.skipped)} unreadable reference(s) in all)')
-  items = features_lib.extract_features(model, retrieval.items,
-                                        out_path=out_dir / 'features' / 'collection.npy',
-                                        **feature_args)
-  if not items.paths:
-    raise ValueError(f'the collection is empty: {len(retrieval.items)} image(s) listed, '
-                     f'{len(items.skipped)} unreadable' + (
-                         f' (first: {items.skipped[0][0]}: {items.skipped[0][1]})'
-                         if items.skipped else ''))
-  if config.k > len(items.paths):
-    raise ValueError(f'--k={config.k} is larger than the collection '
-                     f'({len(items.paths)} readable images)')
+  partial = _partial_collection(out_dir)
+  try:
+    items = features_lib.extract_features(model, retrieval.items, out_path=partial,
+                                          **feature_args)
+    if not items.paths:
+      raise ValueError(f'the collection is empty: {len(retrieval.items)} image(s) listed, '
+                       f'{len(items.skipped)} unreadable' + (
+                           f' (first: {items.skipped[0][0]}: {items.skipped[0][1]})'
+                           if items.skipped else ''))
+    if config.k > len(items.paths):
+      raise ValueError(f'--k={config.k} is larger than the collection '
+                       f'({len(items.paths)} readable images)')
+  except BaseException:
+    partial.unlink(missing_ok=True)
+    raise
   extracted = refs.num_extracted + items.num_extracted
   seconds = refs.extract_seconds + items.extract_seconds
   return refs, items, {
@@ -240,7 +300,8 @@ def _extract_maps(config: SimilarityConfig, model: feature_model.FeatureModel,
                              tuple[spatial.MapSet, spatial.MapSet], dict[str, float]]:
   """Feature maps of the references and the collection, and their pooled features."""
   args = dict(stage=config.stage, scale=config.match_scale, composition=config.composition,
-              colour=config.colour, batch_size=config.batch_size, progress=config.progress)
+              colour=config.colour, batch_size=config.batch_size, progress=config.progress,
+              max_pixels=config.max_pixels)
   ref_maps = spatial.extract_maps(model, retrieval.reference_paths(), **args)
   if ref_maps.skipped:
     path, reason = ref_maps.skipped[0]
@@ -328,9 +389,11 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
   for unkeyed in ('out_dir', 'progress', 'results_db', 'cache_dir', 'metrics'):
     key_fields.pop(unkeyed)
   config_key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode())
-  run_id = store.start_run(kind='similarity', name=f'{config.name}:{metric}:R{num_refs}',
-                           flags=key_fields, config_key=config_key.hexdigest(),
-                           output_dir=str(out_dir))
+  run_args = dict(kind='similarity', name=f'{config.name}:{metric}:R{num_refs}',
+                  flags=key_fields, config_key=config_key.hexdigest(), output_dir=str(out_dir))
+  # A re-run after an interruption continues the interrupted run's row instead of adding one.
+  run_id = store.continue_run(**run_args) or store.start_run(**run_args)
+  entry['skipped_images'] = len(_skipped(collection, items))
   try:
     scored = [i for i, q in enumerate(queries) if q.target is not None]
     per_query: dict[str, np.ndarray] = {}
@@ -361,8 +424,12 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
     retrieval_report.write_rankings(config, out_dir, collection, queries, query_feats, items, item_classes,
                     ranked, metric, num_refs, dict(zip(scored, range(len(scored)))), per_query)
     store.log_artifact(run_id, f'rankings_{metric}_R{num_refs}', str(out_dir / f'R{num_refs}'))
+    store.log_artifact(run_id, 'skipped', str(out_dir / SKIPPED))
     summary = {n: v for n, v in entry.items() if not n.startswith('_')}
     store.finish_run(run_id, dict(summary, features=features_text))
+  except KeyboardInterrupt:
+    store.interrupt_run(run_id, 'interrupted (KeyboardInterrupt); run the same command again')
+    raise
   except Exception as error:
     store.fail_run(run_id, f'{type(error).__name__}: {error}')
     raise

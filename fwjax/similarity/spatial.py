@@ -79,7 +79,8 @@ def _padded(image: np.ndarray, minimum: int) -> tuple[np.ndarray, tuple[int, int
 
 def extract_maps(model: feature_model.FeatureModel, paths: Sequence[pathlib.Path], *,
                  stage: str, scale: float, composition: str = 'B-B-B', colour: str = 'rgb',
-                 batch_size: int = 8, progress: bool = True) -> MapSet:
+                 batch_size: int = 8, progress: bool = True,
+                 max_pixels: int = images_lib.MAX_PIXELS) -> MapSet:
   """Feature maps of ``paths`` at ``stage``, each image scaled by ``scale`` with its aspect.
 
   Args:
@@ -91,6 +92,7 @@ def extract_maps(model: feature_model.FeatureModel, paths: Sequence[pathlib.Path
     colour: ``'rgb'`` or ``'luma'`` (:func:`fwjax.data.images.load_image`).
     batch_size: images per network call (images are grouped by padded size).
     progress: show progress on stderr.
+    max_pixels: refuse images with more pixels (``--max_pixels``; a decompression-bomb guard).
 
   Returns:
     A :class:`MapSet`; unreadable images are in ``skipped`` with the reason.
@@ -109,7 +111,7 @@ def extract_maps(model: feature_model.FeatureModel, paths: Sequence[pathlib.Path
   inputs, skipped = {}, []
   for i, path in enumerate(paths):
     try:
-      image = images_lib.load_image(path, colour=colour)
+      image = images_lib.load_image(path, colour=colour, max_pixels=max_pixels)
     except (images_lib.BadImageError, OSError) as error:
       skipped.append((pathlib.Path(path), str(error) or type(error).__name__))
       continue

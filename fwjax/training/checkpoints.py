@@ -60,3 +60,25 @@ class RunCheckpoints:
   def close(self) -> None:
     self.last.close()
     self.best.close()
+
+
+def read_latest_meta(directory: str) -> tuple[int, dict[str, Any]] | None:
+  """The epoch and progress metadata of the last checkpoint under ``directory``, reading only.
+
+  Unlike :class:`RunCheckpoints` this creates nothing, so a job can check a run folder before it
+  decides to write there. None when there is no complete checkpoint.
+  """
+  last = os.path.join(os.path.abspath(directory), 'last')
+  if not os.path.isdir(last):
+    return None
+  manager = ocp.CheckpointManager(
+      last, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=('state', 'meta'))
+  try:
+    epoch = manager.latest_step()
+    if epoch is None:
+      return None
+    restored = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return epoch, restored['meta']
+  finally:
+    manager.close()

@@ -28,6 +28,7 @@ process feeds ``global_batch / process_count`` examples per step.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,8 +76,14 @@ def initialize_distributed(coordinator_address: str | None = None,
   """Joins a multi-host run (``jax.distributed.initialize``); call before any other JAX call.
 
   On Cloud TPU, SLURM and Open MPI the arguments are detected and may be left None; elsewhere
-  give all three (every process the same coordinator ``host:port``).
+  give all three (every process the same coordinator ``host:port``), as arguments or as the
+  environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID`` (JAX itself reads only the first).
   """
+  if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and os.environ.get('JAX_PROCESS_ID'):
+    process_id = int(os.environ['JAX_PROCESS_ID'])
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
 

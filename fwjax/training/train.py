@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -150,7 +151,11 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray,
   }
 
 
-def _fingerprint(config: FitConfig, data: FitData, model: nn.Module) -> str:
+def _fingerprint(config: FitConfig, steps_per_epoch: int, batch_size: int,
+                 model: nn.Module) -> str:
+  """What a checkpoint must have been written with to be resumed by this fit."""
+  if hasattr(model, 'bn_axis_name'):
+    model = model.clone(bn_axis_name=steps.AXIS)  # as fit runs it
   fields = dataclasses.asdict(config)
   for unkeyed in ('checkpoint_dir', 'resume', 'progress', 'stop_after_epochs'):
     fields.pop(unkeyed)
@@ -159,9 +164,51 @@ def _fingerprint(config: FitConfig, data: FitData, model: nn.Module) -> str:
                if f.name not in ('parent', 'name')}
   described = {k: (v if isinstance(v, (bool, int, float, str, tuple, list, type(None)))
                    else getattr(v, '__name__', type(v).__name__)) for k, v in described.items()}
-  fields.update(steps_per_epoch=data.steps_per_epoch, batch_size=data.batch_size,
+  fields.update(steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                 model=type(model).__name__, model_fields=described)
-  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+  return config.fingerprint + ':' + hashlib.sha256(
+      json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ResumeMismatchError(ValueError):
+  """The checkpoint to resume was written by a different configuration."""
+
+
+def _mismatch(root: str) -> ResumeMismatchError:
+  return ResumeMismatchError(
+      f'{root} holds a checkpoint of a different configuration, which this run cannot resume; '
+      'write to another checkpoint directory, or start afresh there (FitConfig.resume=False; '
+      'the descriptor job: another --out_dir, or --noresume)')
+
+
+def check_resume(model: nn.Module, config: FitConfig, *, steps_per_epoch: int,
+                 batch_size: int) -> tuple[int, dict[str, Any]] | None:
+  """What :func:`fit` would resume from, checked without writing anything.
+
+  A job calls this before it writes its run records, so that a run refused for its checkpoint
+  leaves the folder as it was.
+
+  Args:
+    model: the model :func:`fit` will train.
+    config: the fit's configuration (``checkpoint_dir``, ``resume``, ``fingerprint`` ...).
+    steps_per_epoch: of the data :func:`fit` will get.
+    batch_size: of the data :func:`fit` will get.
+
+  Returns:
+    ``(epochs done, progress metadata with its 'history')`` of the checkpoint to resume, or
+    None when the fit starts from the beginning.
+
+  Raises:
+    ResumeMismatchError: the checkpoint was written by a different configuration.
+  """
+  if not config.checkpoint_dir or not config.resume:
+    return None
+  found = checkpoints_lib.read_latest_meta(config.checkpoint_dir)
+  if found is None:
+    return None
+  if found[1].get('fingerprint') != _fingerprint(config, steps_per_epoch, batch_size, model):
+    raise _mismatch(os.path.abspath(config.checkpoint_dir))
+  return found
 
 
 def _variables(state: steps.TrainState) -> dict[str, Any]:
@@ -231,14 +278,15 @@ def fit(model: nn.Module, variables: Mapping[str, Any], data: FitData,
 
   Raises:
     NonFiniteLossError: a training loss was NaN/Inf (message names the step and checkpoint).
-    ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration.
+    ResumeMismatchError: a checkpoint in ``checkpoint_dir`` from a different configuration
+      (:func:`check_resume` tells before anything is written).
   """
   mesh = steps.make_mesh() if mesh is None else mesh
   steps.local_batch_size(data.batch_size, mesh)  # fails early if the batch does not split
   if hasattr(model, 'bn_axis_name'):
     model = model.clone(bn_axis_name=steps.AXIS)
   total_epochs = config.epochs_phase1 + config.epochs_phase2
-  fingerprint = config.fingerprint + ':' + _fingerprint(config, data, model)
+  fingerprint = _fingerprint(config, data.steps_per_epoch, data.batch_size, model)
   trainer = _Trainer(model, data, loss, config, mesh)
   checkpoints = (checkpoints_lib.RunCheckpoints(config.checkpoint_dir)
                  if config.checkpoint_dir else None)
@@ -284,8 +332,7 @@ def _resume(trainer: _Trainer, checkpoints: checkpoints_lib.RunCheckpoints, fing
     return _Progress()
   start_epoch, meta = found
   if meta['fingerprint'] != fingerprint:
-    raise ValueError(f'{checkpoints.root} holds a checkpoint of a different configuration; '
-                     'use another output directory, delete it, or pass resume=False')
+    raise _mismatch(checkpoints.root)
   state = checkpoints.restore_state(start_epoch, trainer.new_state(meta['phase'], variables))
   progress = _Progress(
       state=state, start_epoch=start_epoch, history=meta['history'], best=meta['best'],

@@ -176,3 +176,31 @@ def test_descriptor_checkpoint_body_gives_the_same_features(tmp_path, model, ext
   np.testing.assert_allclose(features.extract_features(loaded, paths, **kwargs).features,
                              features.extract_features(model, paths, extractor=extractor,
                                                        **kwargs).features, rtol=1e-6)
+
+
+def test_damaged_cache_rows_are_extracted_again(tmp_path, model, extractor, caplog):
+  """Issue 16, finding 2: an altered or cut-off cache file never changes the features."""
+  paths = _write_images(tmp_path / 'imgs', 9)
+  kwargs = dict(height=HEIGHT, width=WIDTH, extractor=extractor, cache_dir=tmp_path / 'cache',
+                progress=False)
+  first = features.extract_features(model, paths, **kwargs)
+  (data_path,) = (tmp_path / 'cache').glob('*/features.f32')
+  row_bytes = 4 * first.features.shape[1]
+  data = bytearray(data_path.read_bytes())
+  data[row_bytes * 2 + 17] ^= 0x10  # alter one value of row 2
+  data_path.write_bytes(bytes(data))
+  with caplog.at_level('WARNING'):
+    altered = features.extract_features(model, paths, **kwargs)
+  assert altered.repaired == 1 and altered.num_extracted == 1
+  np.testing.assert_array_equal(altered.features, first.features)
+  assert str(data_path) in caplog.text and 'rows 2)' in caplog.text
+
+  # Rows 6.. cut off: images 6, 7, 8 and image 2, whose repaired row was appended as row 9.
+  data_path.write_bytes(data_path.read_bytes()[:row_bytes * 6 + 100])
+  truncated = features.extract_features(model, paths, out_path=tmp_path / 'f.npy', **kwargs)
+  assert truncated.repaired == 4
+  assert 'rows 6, 7, 8, 9)' in caplog.text
+  np.testing.assert_array_equal(truncated.features, first.features)
+  np.testing.assert_array_equal(np.load(tmp_path / 'f.npy'), first.features)
+  # Repaired for good: the next run finds every row intact.
+  assert features.extract_features(model, paths, **kwargs).num_extracted == 0
