@@ -6,7 +6,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from fwjax import runs
 from fwjax.similarity import feature_cache
