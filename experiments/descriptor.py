@@ -28,7 +28,10 @@ _SYNTHETIC_SIZE = flags.DEFINE_list(
     'Height,width of the generated originals (0,0: twice the network input).')
 _VALID_FRACTION = flags.DEFINE_float(
     'valid_fraction', C.valid_fraction,
-    'Share of images held out.')
+    'Share of images held out (unless --valid_count is set).')
+_VALID_COUNT = flags.DEFINE_integer(
+    'valid_count', C.valid_count,
+    'Hold out exactly this many images instead of --valid_fraction (the paper: 1000).')
 _SPLIT_SEED = flags.DEFINE_integer(
     'split_seed', C.split_seed,
     'Seed of the split and synthetic data.')
@@ -106,7 +109,7 @@ def config_from_flags() -> C:
       augment_rotation=_AUGMENT_ROTATION.value, augment_shift=_AUGMENT_SHIFT.value,
       results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
-      progress=_PROGRESS.value, distributed=_DISTRIBUTED.value)
+      progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, valid_count=_VALID_COUNT.value)
 
 
 def main(argv):

@@ -28,6 +28,9 @@ class DescriptorConfig:
 
   Exactly one data source: ``manifest`` (CSV of path,labels; paths relative to ``data_root`` or
   to the CSV's folder) or ``synthetic`` (> 0: generate that many synthetic impressions).
+
+  The validation set is ``valid_fraction`` of the images, or exactly ``valid_count`` images when
+  that is set (Budka et al. hold out 1,000): :func:`fwjax.data.manifest.split_examples`.
   """
   out_dir: str
   manifest: str | None = None
@@ -63,6 +66,7 @@ class DescriptorConfig:
   resume: bool = True
   progress: bool = True
   distributed: bool = False
+  valid_count: int | None = None  # the paper's split: a fixed number of validation images
 
 
 # Fields that change where or how a run reports, not its result.
@@ -70,9 +74,15 @@ UNKEYED = ('out_dir', 'cache_dir', 'results_db', 'name', 'num_gradcam', 'workers
             'progress', 'distributed')
 
 
+# Fields added after runs were stored: while unset (None) they stay out of the key, so the
+# configurations stored before them keep their keys (a grid does not re-run them).
+KEYED_WHEN_SET = ('valid_count',)
+
+
 def config_key(config: DescriptorConfig) -> str:
   """The results-store key of a configuration: a hash of every field that shapes the result."""
-  fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in UNKEYED}
+  fields = {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in UNKEYED and not (k in KEYED_WHEN_SET and v is None)}
   if fields['weights']:  # the weights' identity, not where they happen to be stored
     fields['weights'] = runs.weights_identity(fields['weights'])
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
@@ -90,6 +100,9 @@ def validate(config: DescriptorConfig) -> None:
   runs.compute_dtype(config.dtype)
   if not 0 < config.valid_fraction < 1:
     raise ValueError(f'--valid_fraction must be in (0, 1), got {config.valid_fraction}')
+  if config.valid_count is not None and config.valid_count < 1:
+    raise ValueError(f'--valid_count must be at least 1 (or unset, to hold out '
+                     f'--valid_fraction), got {config.valid_count}')
   if config.epochs_phase1 < 0 or config.epochs_phase2 < 0 or (
       config.epochs_phase1 + config.epochs_phase2 == 0):
     raise ValueError('--epochs_phase1/--epochs_phase2 must be >= 0 and not both 0')
