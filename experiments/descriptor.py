@@ -81,7 +81,7 @@ _RESULTS_DB = flags.DEFINE_string('results_db', None, 'SQLite results store (def
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 _NUM_GRADCAM = flags.DEFINE_integer(
     'num_gradcam', C.num_gradcam,
-    'Validation images with Grad-CAM overlays.')
+    'Grad-CAM figures show this many highest-loss validation images per descriptor.')
 _WORKERS = flags.DEFINE_integer('workers', C.workers, 'Threads decoding images into the cache '
                                 '(0: the cache\'s default).')
 _RESUME = flags.DEFINE_bool('resume', C.resume, 'Continue from the last checkpoint in --out_dir.')
