@@ -37,6 +37,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import LogFormatter
 from PIL import Image
 
 from fwjax import descriptors, resample
@@ -240,13 +241,16 @@ def network_planes(image: np.ndarray, height: int, width: int, policy: str = 'sq
   return planes
 
 
-def _busiest_window(plane: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-  """Top-left corner of the window of ``size`` with the most contrast (where resampling shows)."""
-  h, w = size
+def _most_different_window(planes: dict[str, np.ndarray], size: tuple[int, int]
+                           ) -> tuple[int, int]:
+  """Top-left corner of the window of ``size`` where the N, B and H planes differ most."""
+  n, b, h = (planes[letter].astype(np.float64) for letter in 'NBH')
+  difference = np.abs(n - b) + np.abs(h - b) + np.abs(n - h)
+  rows, cols = size
   best, corner = -1.0, (0, 0)
-  for top in range(0, plane.shape[0] - h + 1, max(1, h // 4)):
-    for left in range(0, plane.shape[1] - w + 1, max(1, w // 4)):
-      value = float(plane[top:top + h, left:left + w].std())
+  for top in range(0, difference.shape[0] - rows + 1, max(1, rows // 4)):
+    for left in range(0, difference.shape[1] - cols + 1, max(1, cols // 4)):
+      value = float(difference[top:top + rows, left:left + cols].sum())
       if value > best:
         best, corner = value, (top, left)
   return corner
@@ -257,8 +261,8 @@ def interpolation_png(image: np.ndarray, height: int, width: int, composition: s
   """The paper's Figures 3-5: one impression's N, B and H planes and their composition.
 
   The top row shows the original and the network-size planes whole; the bottom row magnifies
-  the region of most contrast (outlined above), pixel for pixel, beside the same region of the
-  original.
+  the region where the planes differ most (outlined above), pixel for pixel, beside the same
+  region of the original.
 
   Args:
     image: (H, W) uint8 original impression.
@@ -274,7 +278,7 @@ def interpolation_png(image: np.ndarray, height: int, width: int, composition: s
   planes = network_planes(image, height, width, policy)
   composed = np.stack([planes[letter] for letter in composition.upper().split('-')], axis=-1)
   crop = (max(4, height // 4), max(4, width // 3))
-  top, left = _busiest_window(planes['B'], crop)
+  top, left = _most_different_window(planes, crop)
   # The same region in the original (squish: plain scaling; pad: undo the letterbox).
   ptop, pleft, inner_h, inner_w = resample.fit_size(*image.shape, height, width, policy)
   sy, sx = image.shape[0] / inner_h, image.shape[1] / inner_w
@@ -399,6 +403,9 @@ def resolution_distribution_png(sizes: np.ndarray, path: str | os.PathLike, *,
                     label=f'network input {network_size[0]}x{network_size[1]}')
   scatter.set_xscale('log')
   scatter.set_yscale('log')
+  for axis in (scatter.xaxis, scatter.yaxis):  # pixels as plain numbers (300, 2000), not 10^x
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter())  # labels minor ticks on narrow ranges only
   scatter.set_xlabel('width (pixels)')
   scatter.set_ylabel('height (pixels)')
   scatter.grid(True, which='both', alpha=0.3)
