@@ -35,9 +35,11 @@ is our reading of "ranks, means and max-difference margins"):
   BCE: one row per composition x preprocessing run there, each resolution's PRAUC with its rank
   among the rows, and its gain over the same configuration at 352x144; footer means and max
   differences.
-- Table 8: the highest resolution (the paper's 928x384) with ``inc_d`` and BCE, one row per
-  composition with its rank and difference to the best, and the same composition at 352x144 for
-  the gain; footer mean and max difference.
+- Table 8: the highest resolution above 352x144 (the paper's 928x384) with ``inc_d`` and BCE,
+  one row per composition with its rank and difference to the best, and the same composition
+  at 352x144 for the gain; footer mean and max difference.
+
+A table without runs says which grid to run for it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Table:
     rows: body rows, one list of cells per row (``len(header)`` cells each).
     footer: summary rows (means, max differences), the same width.
     notes: sentences printed under the table (differences over all rows, run-to-run spread).
+    missing: what to run when the table has no rows.
   """
   number: int
   title: str
@@ -74,16 +77,17 @@ class Table:
   rows: list[list[str]]
   footer: list[list[str]] = dataclasses.field(default_factory=list)
   notes: list[str] = dataclasses.field(default_factory=list)
+  missing: str = 'run the grid for it'
 
   def markdown(self) -> str:
     """The table as a markdown section (``### Table N: ...``)."""
     lines = [f'### Table {self.number}: {self.title}', '']
     if not self.rows:
-      lines.append('(no complete runs for this table in the store)')
-    else:
-      lines += ['| ' + ' | '.join(self.header) + ' |',
-                '|' + '|'.join(' --- ' for _ in self.header) + '|']
-      lines += ['| ' + ' | '.join(row) + ' |' for row in self.rows + self.footer]
+      lines.append(f'(no complete runs for this table in the store: {self.missing})')
+      return '\n'.join(lines) + '\n'
+    lines += ['| ' + ' | '.join(self.header) + ' |',
+              '|' + '|'.join(' --- ' for _ in self.header) + '|']
+    lines += ['| ' + ' | '.join(row) + ' |' for row in self.rows + self.footer]
     if self.notes:
       lines += [''] + self.notes
     return '\n'.join(lines) + '\n'
@@ -196,7 +200,7 @@ def build(runs: Iterable[Mapping[str, Any]], *, compositions: Sequence[str],
       both, Tables 6-8 use the first.
     loss: the loss of Tables 6-8 (the paper: BCE).
     top_resolution: Table 8's resolution; None: the one with the most pixels among the runs
-      with ``top_preprocess`` and ``loss``.
+      with ``top_preprocess`` and ``loss``, if it has more than the aspect-preserving size.
     top_preprocess: Table 8's preprocessing layer (the paper: ``inc_d``).
 
   Returns:
@@ -208,8 +212,8 @@ def build(runs: Iterable[Mapping[str, Any]], *, compositions: Sequence[str],
   aspect, square = base_resolutions
   if top_resolution is None:
     tops = {r['resolution'] for r in runs if r['preprocess'] == top_preprocess
-            and r['loss'] == loss}
-    top_resolution = max(tops, key=pixels) if tops else aspect
+            and r['loss'] == loss and pixels(r['resolution']) > pixels(aspect)}
+    top_resolution = max(tops, key=pixels) if tops else None
   return [
       _table3(grid, compositions, preprocessing, aspect, square, losses),
       _ranking(4, 'channel compositions', 'composition', grid, compositions, preprocessing,
@@ -382,35 +386,37 @@ def _table7(grid: _Grid, compositions, preprocessing, aspect, square, loss) -> T
            f'configuration over {aspect}.'),
            _spread_note(grid.by, [(res, loss, c, p) for res in resolutions for c, p in configs])]
   return Table(7, f'higher resolutions with {loss}, per configuration', header, rows, footer,
-               notes)
+               notes, missing=f'run the grid above {aspect}, e.g. --resolutions=464x192 '
+               f'--losses={loss}')
 
 
 def _table8(grid: _Grid, compositions, aspect, loss, top, preprocess) -> Table:
+  missing = (f'run the grid above {aspect} with {preprocess}, e.g. --resolutions=928x384 '
+             f'--preprocessing={preprocess} --losses={loss}')
+  if top is None:
+    return Table(8, f'the highest resolution, {preprocess}, {loss}: one row per composition',
+                 [], [], missing=missing)
   present = [c for c in compositions if grid.has((top, loss, c, preprocess))]
   means = {c: grid.mean((top, loss, c, preprocess)) for c in present}
   order = ranks(means)
   best = max(means.values(), default=math.nan)
-  compare = top != aspect
-  header = ['composition', top, 'rank', 'Δ best'] + ([aspect, f'gain over {aspect}'] if compare
-                                                      else [])
+  header = ['composition', top, 'rank', 'Δ best', aspect, f'gain over {aspect}']
   rows, gains = [], []
   for c in present:
-    row = [c, _cell(grid.values((top, loss, c, preprocess))), _rank(order[c]),
-           _num(means[c] - best, signed=True)]
-    if compare:
-      gain = means[c] - grid.mean((aspect, loss, c, preprocess))
-      if not math.isnan(gain):
-        gains.append(gain)
-      row += [_cell(grid.values((aspect, loss, c, preprocess))), _num(gain, signed=True)]
-    rows.append(row)
+    gain = means[c] - grid.mean((aspect, loss, c, preprocess))
+    if not math.isnan(gain):
+      gains.append(gain)
+    rows.append([c, _cell(grid.values((top, loss, c, preprocess))), _rank(order[c]),
+                 _num(means[c] - best, signed=True),
+                 _cell(grid.values((aspect, loss, c, preprocess))), _num(gain, signed=True)])
   footer = []
   if rows:
     lower = [grid.mean((aspect, loss, c, preprocess)) for c in present
              if grid.has((aspect, loss, c, preprocess))]
-    footer = [['**mean**', _num(_mean(means.values())), '', ''] + (
-        [_num(_mean(lower)), _num(_mean(gains), signed=True)] if compare else []),
-              ['**max difference**', _max_difference(means.values()), '', ''] + (
-                  [_max_difference(lower), ''] if compare else [])]
+    footer = [['**mean**', _num(_mean(means.values())), '', '', _num(_mean(lower)),
+               _num(_mean(gains), signed=True)],
+              ['**max difference**', _max_difference(means.values()), '', '',
+               _max_difference(lower), '']]
   notes = [_spread_note(grid.by, [(top, loss, c, preprocess) for c in present])]
   return Table(8, f'{top}, {preprocess}, {loss}: one row per composition', header, rows, footer,
-               notes)
+               notes, missing=missing)

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
+from fwjax import store as store_lib
 from fwjax.descriptor import config as descriptor_config
 from fwjax.descriptor import grid
 from fwjax.descriptor import tables as tables_lib
-from fwjax import store as store_lib
 
 BASE = descriptor_config.DescriptorConfig(out_dir='unused', synthetic=64, epochs_phase1=1,
                                        epochs_phase2=1, width_multiplier=0.125)
@@ -229,6 +229,8 @@ def test_tables_say_when_a_table_has_no_runs():
                               'resolution': '352x144', 'loss': 'bce', 'seed': 0, 'prauc': 0.6}],
                             compositions=['B-H-N'], preprocessing=['no_tfm'])
   assert not tables[4].rows and '(no complete runs for this table' in tables[4].markdown()
+  assert '--resolutions=928x384 --preprocessing=inc_d' in tables[5].markdown()  # Table 8
+  assert 'one seed' not in tables[5].markdown()  # no notes under an empty table
   assert '| B-H-N | **0.6000** | 0.6000 | — |' in tables[3].markdown()
   assert 'one seed per configuration' in tables[3].notes[-1]
 
