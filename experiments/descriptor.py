@@ -28,7 +28,10 @@ _SYNTHETIC_SIZE = flags.DEFINE_list(
     'Height,width of the generated originals (0,0: twice the network input).')
 _VALID_FRACTION = flags.DEFINE_float(
     'valid_fraction', C.valid_fraction,
-    'Share of images held out.')
+    'Share of images held out (unless --valid_count is set).')
+_VALID_COUNT = flags.DEFINE_integer(
+    'valid_count', C.valid_count,
+    'Hold out exactly this many images instead of --valid_fraction (the paper: 1000).')
 _SPLIT_SEED = flags.DEFINE_integer(
     'split_seed', C.split_seed,
     'Seed of the split and synthetic data.')
@@ -78,7 +81,7 @@ _RESULTS_DB = flags.DEFINE_string('results_db', None, 'SQLite results store (def
 _NAME = flags.DEFINE_string('name', C.name, 'Run name in the results store.')
 _NUM_GRADCAM = flags.DEFINE_integer(
     'num_gradcam', C.num_gradcam,
-    'Validation images with Grad-CAM overlays.')
+    'Grad-CAM figures show this many highest-loss validation images per descriptor.')
 _WORKERS = flags.DEFINE_integer('workers', C.workers, 'Threads decoding images into the cache '
                                 '(0: the cache\'s default).')
 _RESUME = flags.DEFINE_bool('resume', C.resume, 'Continue from the last checkpoint in --out_dir.')
@@ -115,7 +118,7 @@ def config_from_flags() -> C:
       results_db=_RESULTS_DB.value, name=_NAME.value,
       num_gradcam=_NUM_GRADCAM.value, workers=_WORKERS.value, resume=_RESUME.value,
       progress=_PROGRESS.value, distributed=_DISTRIBUTED.value, max_pixels=_MAX_PIXELS.value,
-      allow_empty_labels=_ALLOW_EMPTY_LABELS.value)
+      allow_empty_labels=_ALLOW_EMPTY_LABELS.value, valid_count=_VALID_COUNT.value)
 
 
 def main(argv):

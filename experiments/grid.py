@@ -1,15 +1,23 @@
 r"""The paper's grid of descriptor runs (compositions x preprocessing x resolutions x losses x seeds).
 
   python -m experiments.grid --flagfile=experiments/flags/grid_small.flags
-  python -m experiments.grid --flagfile=experiments/flags/paper_352x144.flags \
-      --manifest=nfrc/manifest.csv --weights=resnet50.pth --out_dir=runs/grid \
-      --resolutions=352x144,224x224 --losses=bce,soft_f1
   python -m experiments.grid ... --tables_only      # print the tables from the store
+
+The paper's Tables 3-8 (Budka et al. 2021), one store for the three grids it reports:
+
+  P="--flagfile=experiments/flags/paper_352x144.flags --manifest=nfrc/manifest.csv \
+     --weights=resnet50.pth --out_dir=runs/grid"
+  python -m experiments.grid $P --resolutions=352x144,224x224 --losses=bce,soft_f1  # Tables 3-6
+  python -m experiments.grid $P --resolutions=464x192 --losses=bce                  # Table 7
+  python -m experiments.grid $P --resolutions=928x384 --losses=bce --preprocessing=inc_d  # 8
+  python -m experiments.grid $P --resolutions=352x144,224x224 --tables_only
 
 Every descriptor flag sets the base configuration; --out_dir is the grid's folder (one run folder
 per configuration, a shared image cache, results.sqlite unless --results_db). Configurations
-complete in the store are skipped, so the grid can be stopped and restarted at any time.
-The logic is in fwjax.descriptor.grid.
+complete in the store are skipped, so the grid can be stopped and restarted at any time. The
+first two --resolutions are Table 3's pair (aspect kept, squished); Tables 7 and 8 read every
+higher resolution in the store; add --seeds=0,1,2 for the run-to-run spread under each table.
+The logic is in fwjax.descriptor.grid and fwjax.descriptor.tables (what each table holds).
 """
 
 from absl import app

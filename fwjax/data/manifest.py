@@ -205,24 +205,43 @@ def write_manifest(csv_path: str | os.PathLike, examples: Sequence[Example]) -> 
   return csv_path
 
 
-def split_examples(examples: Sequence[Example], valid_fraction: float, seed: int
-                   ) -> tuple[list[Example], list[Example]]:
+def split_examples(examples: Sequence[Example], valid_fraction: float, seed: int, *,
+                   valid_count: int | None = None) -> tuple[list[Example], list[Example]]:
   """Deterministic train/validation split, stratified so rare labels reach both sides.
 
   Rows with a ``split`` column keep it. The others are ordered by their rarest label (rarest
   first), shuffled within that order by ``seed``, and every ``1/valid_fraction``-th goes to
   validation, so each label's images are spread over both splits in proportion.
 
+  ``valid_count`` (Budka et al. hold out a fixed 1,000 images) replaces the fraction: exactly
+  that many of the rows without a fixed split go to validation, evenly spaced through the same
+  order (every ``n/valid_count``-th of ``n`` rows, from a seeded phase), so the set is fixed by
+  ``seed`` and the rows and is stratified the same way.
+
+  Args:
+    examples: the manifest's rows.
+    valid_fraction: share of the rows without a fixed split that go to validation (ignored when
+      ``valid_count`` is given).
+    seed: seed of the order within a rarity and of the phase.
+    valid_count: number of rows without a fixed split that go to validation, or None.
+
   Returns:
     (train, valid) lists.
+
+  Raises:
+    ValueError: a fraction outside (0, 1), or a count that is not in [1, n - 1] for the ``n``
+      rows without a fixed split (a count must leave training images).
   """
-  if not 0.0 < valid_fraction < 1.0:
+  if valid_count is None and not 0.0 < valid_fraction < 1.0:
     raise ValueError(f'valid_fraction must be in (0, 1), got {valid_fraction}')
   fixed_train = [e for e in examples if e.split == 'train']
   fixed_valid = [e for e in examples if e.split == 'valid']
   free = [e for e in examples if e.split is None]
   if not free:
     return fixed_train, fixed_valid
+  if valid_count is not None and not 1 <= valid_count < len(free):
+    raise ValueError(f'valid_count={valid_count} must be at least 1 and leave training images: '
+                     f'there are {len(free)} rows without a fixed split ({len(examples)} in all)')
   counts = descriptors.encode_many([e.labels for e in free]).sum(axis=0)
   rng = np.random.default_rng(seed)
   jitter = rng.random(len(free))
@@ -233,7 +252,15 @@ def split_examples(examples: Sequence[Example], valid_fraction: float, seed: int
 
   order = sorted(range(len(free)), key=rarity)
   train, valid = list(fixed_train), list(fixed_valid)
-  accumulated = rng.random()  # random phase, then every 1/valid_fraction-th item
+  phase = rng.random()
+  if valid_count is not None:
+    # Integer arithmetic, so exactly valid_count distinct positions in [0, n).
+    n = len(free)
+    chosen = set(((np.arange(valid_count) * n + int(phase * n)) // valid_count).tolist())
+    for position, i in enumerate(order):
+      (valid if position in chosen else train).append(free[i])
+    return train, valid
+  accumulated = phase  # random phase, then every 1/valid_fraction-th item
   for i in order:
     accumulated += valid_fraction
     if accumulated >= 1.0:

@@ -29,6 +29,9 @@ class DescriptorConfig:
 
   Exactly one data source: ``manifest`` (CSV of path,labels; paths relative to ``data_root`` or
   to the CSV's folder) or ``synthetic`` (> 0: generate that many synthetic impressions).
+
+  The validation set is ``valid_fraction`` of the images, or exactly ``valid_count`` images when
+  that is set (Budka et al. hold out 1,000): :func:`fwjax.data.manifest.split_examples`.
   """
   out_dir: str
   manifest: str | None = None
@@ -66,6 +69,7 @@ class DescriptorConfig:
   distributed: bool = False
   max_pixels: int = images.MAX_PIXELS
   allow_empty_labels: bool = False
+  valid_count: int | None = None  # the paper's split: a fixed number of validation images
 
 
 # Fields that change where or how a run reports, not its result.
@@ -74,7 +78,8 @@ UNKEYED = ('out_dir', 'cache_dir', 'results_db', 'name', 'num_gradcam', 'workers
 
 # Fields added after results were stored under config keys: at these defaults they leave the
 # key out, so the runs recorded before the field existed keep their keys (a grid skips them).
-KEYED_WHEN_SET = {'max_pixels': images.MAX_PIXELS, 'allow_empty_labels': False}
+KEYED_WHEN_SET = {'max_pixels': images.MAX_PIXELS, 'allow_empty_labels': False,
+                  'valid_count': None}
 
 
 def config_key(config: DescriptorConfig) -> str:
@@ -98,6 +103,9 @@ def validate(config: DescriptorConfig) -> None:
   runs.compute_dtype(config.dtype)
   if not 0 < config.valid_fraction < 1:
     raise ValueError(f'--valid_fraction must be in (0, 1), got {config.valid_fraction}')
+  if config.valid_count is not None and config.valid_count < 1:
+    raise ValueError(f'--valid_count must be at least 1 (or unset, to hold out '
+                     f'--valid_fraction), got {config.valid_count}')
   if config.epochs_phase1 < 0 or config.epochs_phase2 < 0 or (
       config.epochs_phase1 + config.epochs_phase2 == 0):
     raise ValueError('--epochs_phase1/--epochs_phase2 must be >= 0 and not both 0')

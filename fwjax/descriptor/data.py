@@ -41,6 +41,7 @@ class DescriptorData:
     valid_paths: validation image paths (predictions.csv rows, in order).
     num_train, num_valid: split sizes.
     valid_images: ``indices -> (n, H, W, 3) uint8`` validation images as the model sees them.
+    train_paths: the originals of the training images (for the data figures), in split order.
   """
   fit_data: train.FitData
   train_labels: np.ndarray
@@ -48,6 +49,7 @@ class DescriptorData:
   num_train: int
   num_valid: int
   valid_images: Any
+  train_paths: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -113,18 +115,19 @@ def plan(config: DescriptorConfig, out: pathlib.Path) -> DataPlan:
 
   Raises:
     fwjax.data.manifest.ManifestError: a manifest that cannot be used (rows named).
-    ValueError: too few images for one training batch, or an empty validation split.
+    ValueError: too few images for one training batch, an empty validation split, or a
+      ``valid_count`` that leaves no training images.
   """
   scan = _scan(config, out)
   examples = scan.examples
   train_examples, valid_examples = manifest_lib.split_examples(
-      examples, config.valid_fraction, config.split_seed)
+      examples, config.valid_fraction, config.split_seed, valid_count=config.valid_count)
   if not valid_examples:
     fixed = sum(e.split is not None for e in examples)
     if fixed == len(examples):
       raise ValueError(f'no validation images: the manifest\'s split column sets all '
                        f'{len(examples)} rows to train; mark some rows valid (or leave their split '
-                       'empty for --valid_fraction to draw from)')
+                       'empty for --valid_fraction or --valid_count to draw from)')
     raise ValueError(f'no validation images: raise --valid_fraction ({config.valid_fraction}) or '
                      f'add images ({len(examples) - fixed} without a fixed split, '
                      f'{len(examples)} in all)')
@@ -188,7 +191,8 @@ def load(config: DescriptorConfig, out: pathlib.Path, data_plan: DataPlan) -> De
   return DescriptorData(
       fit_data=fit_data, train_labels=labels[train_idx], num_train=len(train_idx),
       num_valid=len(valid_idx), valid_paths=[str(cache.paths[i]) for i in valid_idx],
-      valid_images=lambda rows: np.asarray(cache.images(composition, valid_idx[np.asarray(rows)])))
+      valid_images=lambda rows: np.asarray(cache.images(composition, valid_idx[np.asarray(rows)])),
+      train_paths=[str(cache.paths[i]) for i in train_idx])
 
 
 def _source_tag(config: DescriptorConfig) -> str:

@@ -18,10 +18,14 @@ Run folder::
   metrics.jsonl             one JSON object per epoch (losses, macro PRAUC, per-label AP, rates,
                             throughput, data wait)
   per_label_ap.csv / .md    AP, positives and prevalence per descriptor (final model)
-  confusion.csv / .png      the paper's multilabel confusion matrix (fwjax.metrics)
+  confusion.csv / .png      the paper's multilabel confusion matrix (fwjax.metrics); the figure
+                            names the descriptors, colour and numbers are % of each row
   pr_curves.png             precision-recall curve per descriptor
   predictions.csv           validation images: path, true codes, a score per descriptor
-  gradcam/*.png             Grad-CAM overlays of a few validation images (top predicted label)
+  gradcam/<code>.png        Grad-CAM of the --num_gradcam highest-loss validation images of each
+  gradcam/overview.png      descriptor, and of the hardest one of every descriptor (Figure 11)
+  data_*.png                interpolation samples, class and resolution distributions of the
+                            training set (Figures 3-5, 7, 8; fwjax.descriptor.figures)
   checkpoints/last, best    Orbax checkpoints (fwjax.training.train)
   skipped_images.csv        manifest rows left out (unusable images): row, path, reason
   logs/descriptor.log       library logging (Orbax, JAX ...), kept off the console

@@ -13,17 +13,15 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fwjax import descriptors, runs
 from fwjax import metrics as metrics_lib
 from fwjax import store as store_lib
 from fwjax.descriptor import data as descriptor_data
-from fwjax.descriptor import plots
-from fwjax.descriptor.config import DescriptorConfig, build_model, config_key
-from fwjax.models import gradcam as gradcam_lib
-from fwjax.training import steps, train
+from fwjax.descriptor import figures, plots
+from fwjax.descriptor.config import DescriptorConfig, config_key
+from fwjax.training import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +72,9 @@ def write_report(config: DescriptorConfig, out: pathlib.Path,
                       title=f'{config.name}: macro PRAUC {scores.macro:.4f} '
                             f'(prevalence baseline {scores.baseline:.4f})')
   write_predictions(scores, data.valid_paths, out)
-  gradcams = _gradcam(config, out, data, result, scores.scores)
+  gradcams = figures.write_gradcam(config, out, data, result.variables, scores.labels,
+                                   scores.scores)
+  figures.write_data_figures(config, out, data)
   _register_outputs(store, run_id, out, result)
   return _summary(config, scores, data, result, gradcams)
 
@@ -106,7 +106,7 @@ def write_confusion(scores: Scores, out: pathlib.Path, name: str) -> np.ndarray:
     writer.writerow(['true\\predicted', *codes])
     for i, code in enumerate(codes):
       writer.writerow([code, *(f'{v:.4f}' for v in confusion[i])])
-  plots.confusion_png(confusion, codes, out / 'confusion.png',
+  plots.confusion_png(confusion, codes, out / 'confusion.png', positives=scores.positives,
                       title=f'{name}: multilabel confusion (validation)')
   return confusion
 
@@ -158,28 +158,6 @@ def _summary(config: DescriptorConfig, scores: Scores, data: descriptor_data.Des
       'gradcam': gradcams,
       'config_key': config_key(config),
   }
-
-
-def _gradcam(config: DescriptorConfig, out: pathlib.Path, data: descriptor_data.DescriptorData,
-             result: train.FitResult, scores: np.ndarray) -> list[str]:
-  """Grad-CAM overlays of the top predicted label for the first few validation images."""
-  count = min(config.num_gradcam, data.num_valid)
-  if count == 0:
-    return []
-  images = data.valid_images(np.arange(count))  # (n, H, W, 3) uint8, as the model sees them
-  model = build_model(config).clone(bn_axis_name=None)
-  x = steps.normalize(jnp.asarray(images))
-  top = np.argmax(scores[:count], axis=1)
-  written = []
-  for label in np.unique(top):  # one Grad-CAM call (one compile) per explained label
-    rows = np.flatnonzero(top == label)
-    heat = gradcam_lib.gradcam(model, result.variables, x[rows], int(label))
-    for row, heatmap in zip(rows, heat):
-      # Overlay on the greyscale plane the first channel was made from.
-      path = out / 'gradcam' / f'{row:03d}_{descriptors.CODES[label]}.png'
-      gradcam_lib.overlay_png(images[row, ..., 0], heatmap, path)
-      written.append(str(path.relative_to(out)))
-  return sorted(written)
 
 
 def finite(obj: Any) -> Any:

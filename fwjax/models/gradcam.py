@@ -16,6 +16,7 @@ Example:
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -50,9 +51,10 @@ def _forward(model: nn.Module, variables: Any, x: jax.Array, layer: str, delta: 
   return logits, captured[0]
 
 
-def gradcam(model: nn.Module, variables: Any, images: jax.Array, label: int, *,
-            layer: str = 'layer4', **apply_kwargs: Any) -> np.ndarray:
-  """Grad-CAM heatmaps for one label.
+def gradcam(model: nn.Module, variables: Any, images: jax.Array, label: int | Sequence[int], *,
+            layer: str = 'layer4', batch_size: int | None = None, **apply_kwargs: Any
+            ) -> np.ndarray:
+  """Grad-CAM heatmaps for one label, or for one label per image.
 
   Args:
     model: a Flax module whose ``apply(variables, x, train=False, **apply_kwargs)`` returns
@@ -60,15 +62,20 @@ def gradcam(model: nn.Module, variables: Any, images: jax.Array, label: int, *,
       ``layer``.
     variables: the model's variables.
     images: (B, H, W, C) or (H, W, C) model inputs (normalised as the model expects).
-    label: index of the logit to explain (for a multilabel model, ``descriptors.INDEX[code]``).
+    label: index of the logit to explain (for a multilabel model, ``descriptors.INDEX[code]``),
+      or B indices, one per image (each image explained for its own label, in one compiled
+      call: a report explaining many descriptors compiles once).
     layer: the body stage, ``'layer4'`` (the paper) down to ``'layer1'`` (finer, less semantic).
+    batch_size: images per device call (None: all at once); the last chunk is padded, so one
+      compilation serves every chunk and memory stays bounded for many large images.
     **apply_kwargs: passed to ``model.apply`` (e.g. ``return_feats=True``; not needed).
 
   Returns:
     float32 heatmaps (B, H, W) in [0, 1], or (H, W) for a single image.
 
   Raises:
-    ValueError: a label outside the logits, or no single stage named ``layer``.
+    ValueError: a label outside the logits, a label list that is not one per image, or no
+      single stage named ``layer``.
   """
   x = jnp.asarray(images, jnp.float32)
   single = x.ndim == 3
@@ -76,18 +83,27 @@ def gradcam(model: nn.Module, variables: Any, images: jax.Array, label: int, *,
     x = x[None]
   if x.ndim != 4:
     raise ValueError(f'images must be (B, H, W, C) or (H, W, C), got shape {images.shape}')
+  labels = np.asarray(label)
+  if labels.ndim == 0:
+    labels = np.full(x.shape[0], int(labels))
+  if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'label must be one integer or one per image ({x.shape[0]}), got {label!r}')
+  chunk = x.shape[0] if batch_size is None else max(1, min(batch_size, x.shape[0]))
   logits_shape, stage_shape = jax.eval_shape(
-      lambda x: _forward(model, variables, x, layer, jnp.zeros(()), apply_kwargs), x)
-  if not 0 <= label < logits_shape.shape[-1]:
-    raise ValueError(f'label {label} is outside the model\'s {logits_shape.shape[-1]} logits')
+      lambda x: _forward(model, variables, x, layer, jnp.zeros(()), apply_kwargs), x[:chunk])
+  outside = labels[(labels < 0) | (labels >= logits_shape.shape[-1])]
+  if outside.size:
+    raise ValueError(f'label {int(outside[0])} is outside the model\'s '
+                     f'{logits_shape.shape[-1]} logits')
 
   @jax.jit
-  def heatmaps(variables, x):
+  def heatmaps(variables, x, labels):
     def score(delta):
       logits, activation = _forward(model, variables, x, layer, delta, apply_kwargs)
       # Images are independent at inference (running BatchNorm statistics), so the gradient of
-      # the sum is each image's own gradient.
-      return jnp.sum(logits[:, label]), activation
+      # the sum is each image's own gradient for its own label.
+      chosen = jnp.take_along_axis(logits, labels[:, None], axis=1)
+      return jnp.sum(chosen), activation
 
     grads, activation = jax.grad(score, has_aux=True)(jnp.zeros(stage_shape.shape, jnp.float32))
     alpha = jnp.mean(grads, axis=(1, 2), keepdims=True)
@@ -97,7 +113,12 @@ def gradcam(model: nn.Module, variables: Any, images: jax.Array, label: int, *,
     peak = jnp.max(cam, axis=(1, 2), keepdims=True)
     return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
 
-  out = np.asarray(heatmaps(variables, x))
+  out = []
+  for start in range(0, x.shape[0], chunk):
+    rows = np.minimum(np.arange(start, start + chunk), x.shape[0] - 1)  # pad with the last row
+    heat = heatmaps(variables, x[rows], jnp.asarray(labels[rows], jnp.int32))
+    out.append(np.asarray(heat)[:min(chunk, x.shape[0] - start)])
+  out = np.concatenate(out)
   return out[0] if single else out
 
 

@@ -109,6 +109,30 @@ def test_split_is_deterministic_stratified_and_complete():
   assert manifest.split_examples(examples, 0.2, seed=3) == (train, valid)
 
 
+def test_split_by_count_holds_out_exactly_that_many_stratified_and_fixed():
+  examples = [manifest.Example(pathlib.Path(f'{i}.png'), ('D05',) if i % 10 == 0 else ('D01',))
+              for i in range(200)]
+  train, valid = manifest.split_examples(examples, 0.2, seed=3, valid_count=30)
+  assert len(valid) == 30 and len(train) == 170
+  assert sorted(str(e.path) for e in train + valid) == sorted(str(e.path) for e in examples)
+  assert 2 <= sum(e.labels == ('D05',) for e in valid) <= 4  # 20 rare images x 30/200 = 3
+  # Fixed by the seed (the fraction is ignored); another seed draws another set.
+  assert manifest.split_examples(examples, 0.5, seed=3, valid_count=30) == (train, valid)
+  other = manifest.split_examples(examples, 0.2, seed=4, valid_count=30)[1]
+  assert len(other) == 30 and other != valid
+  for count in (1, 199):  # the extremes leave both sides non-empty
+    assert len(manifest.split_examples(examples, 0.2, seed=0, valid_count=count)[1]) == count
+  # Rows with a fixed split keep it; the count is drawn from the others.
+  fixed = [manifest.Example(pathlib.Path('v.png'), ('D01',), 'valid'),
+           manifest.Example(pathlib.Path('t.png'), ('D01',), 'train')]
+  train, valid = manifest.split_examples(fixed + examples, 0.2, seed=3, valid_count=30)
+  assert len(valid) == 31 and fixed[0] in valid and fixed[1] in train
+  with pytest.raises(ValueError, match=r'valid_count=200 .* 200 rows without a fixed split'):
+    manifest.split_examples(examples, 0.2, seed=0, valid_count=200)
+  with pytest.raises(ValueError, match='valid_count=0'):
+    manifest.split_examples(examples, 0.2, seed=0, valid_count=0)
+
+
 # ----------------------------------------------------------------------------- FID-300
 
 

@@ -2,6 +2,9 @@
 originals (fwjax.resample and Pillow), one pass over the training set per epoch, seeded order."""
 
 import csv
+import dataclasses
+import hashlib
+import json
 import pathlib
 
 import numpy as np
@@ -62,6 +65,28 @@ def test_split_sizes_follow_valid_fraction(root, fraction):
   assert data.train_labels.shape == (data.num_train, descriptors.NUM_LABELS)
   assert data.fit_data.steps_per_epoch == data.num_train // BATCH
   assert data.fit_data.batch_size == BATCH
+
+
+def test_valid_count_holds_out_exactly_that_many(root):
+  data = _load(_config(root, valid_count=5))
+  assert (data.num_valid, data.num_train) == (5, N - 5)
+  assert len(set(data.valid_paths)) == 5 and not set(data.valid_paths) & set(data.train_paths)
+  assert sorted(data.valid_paths + data.train_paths) == sorted(_originals(root))
+  assert _load(_config(root, valid_count=5, valid_fraction=0.5)).valid_paths == data.valid_paths
+  with pytest.raises(ValueError, match=r'valid_count=32 .* 32 rows'):
+    _load(_config(root, valid_count=N))
+  with pytest.raises(ValueError, match='--valid_count must be at least 1'):
+    descriptor_config.validate(_config(root, valid_count=0))
+
+
+def test_valid_count_unset_keeps_the_keys_of_stored_runs(root):
+  config = _config(root)
+  # The key as computed before valid_count existed: runs stored then are still found.
+  fields = {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in descriptor_config.UNKEYED and k != 'valid_count'}
+  before = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+  assert descriptor_config.config_key(config) == before
+  assert descriptor_config.config_key(dataclasses.replace(config, valid_count=8)) != before
 
 
 @pytest.mark.parametrize('composition,policy', [('B-H-N', 'squish'), ('N-B-H', 'pad')])

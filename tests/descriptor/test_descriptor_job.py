@@ -65,9 +65,13 @@ def test_tiny_run_writes_every_output(tmp_path, assert_picture):
   assert len(rows) == 18 and all(len(r) == 18 for r in rows)
   assert len(predictions) == summary['num_valid']
   assert all(0 <= float(p['D01']) <= 1 for p in predictions)
-  for png in ('confusion.png', 'pr_curves.png', *summary['gradcam']):
+  for png in ('confusion.png', 'pr_curves.png', 'data_classes.png', 'data_interpolation.png',
+              'data_resolutions.png', *summary['gradcam']):
     assert_picture(out / png, min_size=(32, 32))
-  assert len(summary['gradcam']) == 2
+  # A Grad-CAM figure for every descriptor with validation positives, and the overview.
+  assert sorted(summary['gradcam']) == sorted(
+      [f'gradcam/{code}.png' for i, code in enumerate(descriptors.CODES) if truth[:, i].any()]
+      + ['gradcam/overview.png'])
   assert (out / 'checkpoints' / 'last').is_dir() and (out / 'checkpoints' / 'best').is_dir()
   assert '--synthetic=40' in (out / 'flags.txt').read_text()
   assert '--augment_rotation=5.0' in (out / 'flags.txt').read_text()

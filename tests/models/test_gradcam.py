@@ -63,6 +63,20 @@ def test_mass_is_in_the_region_the_label_reads(half_reader):
   assert right[:, W // 2:].sum() / right.sum() > 0.9
 
 
+def test_one_label_per_image_in_chunks_equals_one_call_per_label(half_reader):
+  model, variables, x, _ = half_reader
+  three = np.concatenate([x, x[:1]])
+  # Chunks of 2 (the second padded), each image explained for its own label.
+  mixed = gradcam.gradcam(model, variables, three, label=[1, 0, 1], batch_size=2)
+  ones = gradcam.gradcam(model, variables, three, label=1)
+  zeros = gradcam.gradcam(model, variables, three, label=0)
+  np.testing.assert_allclose(mixed, np.stack([ones[0], zeros[1], ones[2]]), atol=1e-6)
+  with pytest.raises(ValueError, match='one per image'):
+    gradcam.gradcam(model, variables, x, label=[0, 1, 0])
+  with pytest.raises(ValueError, match='label 2 is outside'):
+    gradcam.gradcam(model, variables, x, label=[0, 2])
+
+
 def test_matches_analytic_grad_cam(half_reader):
   """d logit_0 / dA is readout_0 / n_left on the left half: alpha = readout_0 / (h w)."""
   model, variables, x, layer4 = half_reader
