@@ -26,7 +26,8 @@ def _config(root: pathlib.Path, **kwargs):
 
 
 def _load(config):
-  return descriptor_data.load(config, pathlib.Path(config.out_dir))
+  out = pathlib.Path(config.out_dir)
+  return descriptor_data.load(config, out, descriptor_data.plan(config, out))
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +84,7 @@ def test_valid_count_unset_keeps_the_keys_of_stored_runs(root):
   config = _config(root)
   # The key as computed before valid_count existed: runs stored then are still found.
   fields = {k: v for k, v in dataclasses.asdict(config).items()
-            if k not in descriptor_config.UNKEYED and k != 'valid_count'}
+            if k not in descriptor_config.UNKEYED and k not in descriptor_config.KEYED_WHEN_SET}
   before = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
   assert descriptor_config.config_key(config) == before
   assert descriptor_config.config_key(dataclasses.replace(config, valid_count=8)) != before
