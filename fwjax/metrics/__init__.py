@@ -25,4 +25,5 @@ from fwjax.metrics.retrieval import (  # noqa: F401
     precision_at_k,
     relevance_from_order,
     relevant_positions,
+    retrieval_scores,
 )

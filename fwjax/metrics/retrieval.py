@@ -159,3 +159,35 @@ def relevance_from_order(order, query_labels, item_labels) -> np.ndarray:
 def ceil_share(p: float, n: int) -> int:
   """``ceil(p/100 * n)`` without floating-point dust (the CMC threshold)."""
   return int(_ceil(p / 100 * n)) if n else 0
+
+
+def retrieval_scores(relevance, precision_at: Sequence[int] = (1, 5, 10),
+                     recall_levels: Sequence[float] = (0.5, 1.0),
+                     percents: Sequence[float] = (1, 5, 10, 15, 20)
+                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Every retrieval score of rankings with known ground truth (what the similarity job stores).
+
+  Args:
+    relevance: (Q, N) bool, ``relevance[q, r]`` = the item at rank r is relevant to query q;
+      every query has at least one relevant item.
+    precision_at: k values for precision@k (those above N are left out).
+    recall_levels: q values for inverse recall@q.
+    percents: CMC thresholds in percent of N (ceil(p% of N) items).
+
+  Returns:
+    ``(per_query, aggregated)``: per_query maps a score name to a (Q,) array; aggregated maps
+    score names to the mean over queries, and ``cmc@p`` to the CMC fractions.
+  """
+  num_items = relevance.shape[1]
+  per_query = {}
+  for k in precision_at:
+    if k <= num_items:
+      per_query[f'precision@{k}'] = np.asarray(precision_at_k(relevance, k))
+  for q in recall_levels:
+    per_query[f'inverse_recall@{q:g}'] = np.asarray(inverse_recall_at_q(relevance, q))
+  per_query['auirc'] = np.asarray(auirc(relevance))
+  per_query['first_match_rank'] = first_relevant_rank(relevance).astype(np.float64)
+  aggregated = {name: float(np.mean(values)) for name, values in per_query.items()}
+  for percent, fraction in cmc(relevance, percents=tuple(percents)).items():
+    aggregated[f'cmc@{percent:g}'] = float(fraction)
+  return per_query, aggregated

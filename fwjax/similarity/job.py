@@ -33,7 +33,6 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,37 +55,6 @@ PUBLISHED_FID300 = {
     'Kortylewski et al. 2014': {1: 0.147, 5: 0.307, 10: 0.397, 15: 0.433, 20: 0.467},
     'Kong et al. 2019': {1: 0.727, 5: 0.823},
 }
-
-
-def score(relevance: np.ndarray, precision_at: Sequence[int] = (1, 5, 10),
-          recall_levels: Sequence[float] = (0.5, 1.0),
-          percents: Sequence[int] = CMC_PERCENTS) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """Scores rankings with known ground truth.
-
-  Args:
-    relevance: (Q, N) bool, ``relevance[q, r]`` = the item at rank r is relevant to query q;
-      every query has at least one relevant item.
-    precision_at: k values for precision@k (those above N are left out).
-    recall_levels: q values for inverse recall@q.
-    percents: CMC thresholds in percent of N (ceil(p% of N) items).
-
-  Returns:
-    ``(per_query, aggregated)``: per_query maps a score name to a (Q,) array; aggregated maps
-    score names to the mean over queries, and ``cmc@p`` to the CMC fractions.
-  """
-  num_items = relevance.shape[1]
-  per_query = {}
-  for k in precision_at:
-    if k <= num_items:
-      per_query[f'precision@{k}'] = np.asarray(metrics_lib.precision_at_k(relevance, k))
-  for q in recall_levels:
-    per_query[f'inverse_recall@{q:g}'] = np.asarray(metrics_lib.inverse_recall_at_q(relevance, q))
-  per_query['auirc'] = np.asarray(metrics_lib.auirc(relevance))
-  per_query['first_match_rank'] = np.argmax(relevance, axis=1).astype(np.float64) + 1
-  aggregated = {name: float(np.mean(values)) for name, values in per_query.items()}
-  for percent, fraction in metrics_lib.cmc(relevance, percents=tuple(percents)).items():
-    aggregated[f'cmc@{percent:g}'] = float(fraction)
-  return per_query, aggregated
 
 
 def _rank(queries: np.ndarray, collection: distances.Collection, metric: str, fusion: str,
@@ -404,7 +372,7 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
       scored = [i for i, ok in zip(scored, has_match) if ok]
       relevance = relevance[has_match]
       if scored:
-        per_query, aggregated = score(relevance, config.precision_at, config.recall_levels)
+        per_query, aggregated = metrics_lib.retrieval_scores(relevance, config.precision_at, config.recall_levels)
         entry.update(aggregated)
         entry['num_queries'] = len(scored)
         entry['unscored_queries'] = len(queries) - len(scored)

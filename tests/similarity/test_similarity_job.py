@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy.spatial import distance as scipy_distance
 
+from fwjax import metrics
 from fwjax.similarity import job as similarity
 from fwjax.similarity.config import SimilarityConfig
 from fwjax import store as store_lib
@@ -59,7 +60,7 @@ def test_score_matches_hand_computation():
   relevance[0, [0, 5]] = True
   relevance[1, [2]] = True
   relevance[2, [7, 8, 9]] = True
-  per_query, aggregated = similarity.score(relevance, precision_at=(1, 5))
+  per_query, aggregated = metrics.retrieval_scores(relevance, precision_at=(1, 5))
   # CMC thresholds ceil(p% of 20) = 1, 1, 2, 3, 4 items; first matches at ranks 1, 3 and 8.
   assert [aggregated[f'cmc@{p}'] for p in (1, 5, 10, 15, 20)] == pytest.approx(
       [1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
