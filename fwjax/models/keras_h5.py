@@ -268,8 +268,8 @@ def read_weights(path: str | os.PathLike, layers: Sequence[keras_layers.KerasLay
   if kind == 'hed':
     raise KerasWeightsFileError(
         f'{path}: the HED edge detector\'s weights (a VGG16 body with side outputs), not a '
-        'keras.applications file: load it with fwjax.models.pretrained.load_hed (in the '
-        'similarity job: --arch=vgg16 --weights=this file)')
+        'keras.applications file: load it with fwjax.models.pretrained.load_hed (the '
+        'similarity job takes it as the weights of its vgg16 arch)')
   if kind == 'legacy':
     weights = read_legacy(path)
     _check_names(path, [name for name, _ in weights], layers)

@@ -159,10 +159,15 @@ def _write_run_files(config: SimilarityConfig, out_dir: pathlib.Path, retrieval:
   features.mkdir(parents=True, exist_ok=True)
   with runs.atomic_open(features / 'references.npy', 'wb') as f:
     np.save(f, refs.features)
-  # The collection's features were streamed to a partial file: renamed, and mapped again under
-  # the new name (distances.Collection reads a memory map's file by its name).
-  os.replace(_partial_collection(out_dir), features / 'collection.npy')
-  items.features = np.load(features / 'collection.npy', mmap_mode='r')
+  partial = _partial_collection(out_dir)
+  if partial.exists():
+    # The collection's features were streamed to a partial file: renamed, and mapped again
+    # under the new name (distances.Collection reads a memory map's file by its name).
+    os.replace(partial, features / 'collection.npy')
+    items.features = np.load(features / 'collection.npy', mmap_mode='r')
+  else:  # --matcher=mcncc: the pooled maps, computed in memory
+    with runs.atomic_open(features / 'collection.npy', 'wb') as f:
+      np.save(f, items.features)
   skipped = _skipped(retrieval, items)
   with runs.atomic_open(out_dir / SKIPPED, newline='') as f:
     writer = csv.writer(f)

@@ -166,10 +166,11 @@ def test_manifest_collection(tmp_path):
   assert data.items == [images[0], images[2], images[3]] and data.classes is None
   assert [(q.id, q.references, q.target) for q in data.queries(1)] == [
       ('mark', (mark,), None), ('s1', (images[1],), None)]
-  # The row whose image is missing is reported in the run folder, which the description names.
-  assert f'manifest rows left out: {work / "manifest_skipped.csv"}' in data.description
-  with open(work / 'manifest_skipped.csv', newline='') as f:
-    assert [row['path'] for row in csv.DictReader(f)] == ['gone.png']
+  # The row whose image is missing is counted in the description and listed with its reason
+  # (the job writes the list to skipped.csv).
+  assert '(1 manifest rows left out)' in data.description
+  assert [(p.name, reason) for p, reason in data.skipped] == [('gone.png',
+                                                                'manifest row 4: no such file')]
   with pytest.raises(ValueError, match='--references is required: manifest'):
     retrieval_sets.load_retrieval_set(work, manifest_path=str(csv_path))
 
