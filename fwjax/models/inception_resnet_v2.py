@@ -36,12 +36,14 @@ Example:
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fwjax.models import xception
 
 ModuleDef = Any
 Precision = jax.lax.Precision | str | None
@@ -77,27 +79,10 @@ REPEATS = {'block35': 10, 'block17': 20, 'block8': 10}
 """How many blocks of each type, named ``block35_1`` .. ``block35_10`` and so on."""
 
 
-def batch_norm(axis_name: str | None = None, *, momentum: float = 0.99,
-               epsilon: float = 1e-3) -> Callable[..., nn.BatchNorm]:
-  """The BatchNorm factory InceptionResNetV2 expects as its ``norm`` argument.
-
-  Args:
-    axis_name: a mapped axis name (e.g. ``'data'`` under ``shard_map``) over which batch
-      statistics are averaged (cross-device BatchNorm); None keeps statistics per device.
-    momentum: weight of the old running average (Keras's and Flax's meaning agree).
-    epsilon: variance epsilon (Keras's default 1e-3).
-
-  Returns:
-    ``functools.partial(nn.BatchNorm, ...)``; the model adds ``use_scale=False``,
-    ``use_running_average`` and the dtypes when it calls it.
-  """
-  return functools.partial(nn.BatchNorm, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name)
-
-
-def scaled(channels: int, width: float) -> int:
-  """Channels of a layer in a model of relative ``width`` (at least 1)."""
-  return max(1, round(channels * width))
+# Keras's BatchNorm defaults and the width rule are Xception's: one definition serves both (the
+# model adds ``use_scale=False``, as Keras's conv2d_bn does).
+batch_norm = xception.batch_norm
+scaled = xception.scaled
 
 
 class ConvBN(nn.Module):

@@ -38,6 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fwjax.models import resnet
+
 ModuleDef = Any
 Precision = jax.lax.Precision | str | None
 
@@ -69,8 +71,7 @@ def batch_norm(axis_name: str | None = None, *, momentum: float = 0.99,
     ``functools.partial(nn.BatchNorm, ...)``; the model adds ``use_running_average`` and the
     dtypes when it calls it.
   """
-  return functools.partial(nn.BatchNorm, momentum=momentum, epsilon=epsilon,
-                           axis_name=axis_name)
+  return resnet.batch_norm(axis_name, momentum=momentum, epsilon=epsilon)
 
 
 def scaled(channels: int, width: float) -> int:
