@@ -111,6 +111,8 @@ def test_tiny_nasnet_matches_keras(tiny_keras):
   assert np.max(np.abs(logits - want)) / np.max(np.abs(want)) < 1e-4
 
 
+# Slow: a second compile of the whole network in train mode (the forward parity above is fast).
+@pytest.mark.slow
 def test_tiny_nasnet_train_mode_matches_keras(tiny_keras):
   """Batch statistics and the running-average update (momentum 0.9997) as Keras's."""
   x = _images(TINY_INPUT, batch=4, seed=2)
