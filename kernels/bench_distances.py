@@ -16,7 +16,7 @@ For each number of queries Q and each metric:
   ``search`` (top k) and ``faiss.pairwise_distances`` (every distance); index build not timed.
   These and three fwjax calls are timed in turns, one call of each per round (median of the
   rounds), so a slow spell on the shared machine falls on all of them alike, each after a
-  0.2 s pause (``_SETTLE_S``: BLAS threads still spinning from the previous call would take a
+  0.2 s pause (``timing.SETTLE_S``: BLAS threads still spinning from the previous call would take a
   core from it). The bare top-k is timed apart, after them: it copies the items through fresh
   host buffers, and whatever ran next was 10-18 ms slower for it (a 56 ms Collection query
   took 66-74 ms), which would charge its cost to the next contender.
@@ -33,7 +33,6 @@ Runs unchanged on a GPU (faiss, scipy and sklearn stay on the CPU; missing peers
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import jax
@@ -42,57 +41,17 @@ import numpy as np
 from fwjax import distances
 from kernels import distance_peers as peers
 from kernels import membw
-
-
-# A pause before every timed call. OpenBLAS (numpy's, and faiss's) and OpenMP keep their worker
-# threads spinning for a while after a call returns; on a 2-core machine they take a core from
-# whatever runs next: an XLA one-query product took 72-76 ms right after a faiss or numpy call,
-# 54-58 ms after this pause or after another XLA call (so does any call after them).
-_SETTLE_S = 0.2
-
-
-def _seconds(fn) -> float:
-  """Wall time of one call of ``fn``, until its result is ready, started on a quiet machine."""
-  time.sleep(_SETTLE_S)
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
-def _timed(fn, repeats: int, budget_s: float = 60.0) -> tuple[float, float]:
-  """(first call seconds, median of up to ``repeats`` further calls within ``budget_s``)."""
-  first = _seconds(fn)
-  times = []
-  for _ in range(repeats):
-    times.append(_seconds(fn))
-    if sum(times) + first > budget_s:  # a slow peer: one or two runs say enough
-      break
-  return first, statistics.median(times)
-
-
-def _timed_together(fns: dict, repeats: int, budget_s: float = 120.0) -> dict:
-  """name -> (first call seconds, median of up to ``repeats`` further calls), the calls taken in
-  turns (one of each per round), so that drift on a shared machine (other tenants, a peer's
-  threads still spinning) falls on every contender alike."""
-  first = {name: _seconds(fn) for name, fn in fns.items()}
-  times = {name: [] for name in fns}
-  start = time.perf_counter()
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      times[name].append(_seconds(fn))
-    if time.perf_counter() - start > budget_s:
-      break
-  return {name: (first[name], statistics.median(times[name])) for name in fns}
+from kernels import timing
 
 
 def _peer(make_fn, items: np.ndarray, subset: int, budget_s: float, repeats: int) -> dict:
   """Times ``make_fn(items)()``, on a subset scaled to N when the full run would be too long."""
   n = len(items)
   small = min(subset, n)
-  _, t_small = _timed(make_fn(items[:small]), 1)
+  _, t_small = timing.timed(make_fn(items[:small]), 1)
   if small == n or t_small * n / small > budget_s:
     return {'seconds': t_small * n / small, 'scaled_from': small if small < n else None}
-  _, t = _timed(make_fn(items), repeats)
+  _, t = timing.timed(make_fn(items), repeats)
   return {'seconds': t, 'scaled_from': None}
 
 
@@ -123,8 +82,8 @@ def run(num_items: int, dim: int, query_counts: list[int], k: int, repeats: int,
         row['faiss_build_s'] = time.perf_counter() - start
         contenders['faiss_search'] = lambda: index.search(queries, k)
         contenders['faiss_pairwise'] = lambda: index.pairwise(queries)
-      timed = _timed_together(contenders, repeats)
-      timed['fwjax_topk'] = _timed(lambda: distances.topk(queries, items, k, metric), repeats)
+      timed = timing.timed_together(contenders, repeats)
+      timed['fwjax_topk'] = timing.timed(lambda: distances.topk(queries, items, k, metric), repeats)
       t = timed['fwjax_pairwise'][1]
       moved = 4 * num_items * dim + 4 * num_queries * num_items
       row.update({'fwjax_pairwise_s': t, 'fwjax_pairwise_first_call_s': timed['fwjax_pairwise'][0],

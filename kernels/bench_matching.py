@@ -55,29 +55,9 @@ import scipy.signal
 from fwjax import matching
 from fwjax.matching import kernels
 from kernels import membw
+from kernels import timing
 
-_SETTLE_S = 0.2
 REF_H, REF_W = (73, 34)  # stored reference maps (the widest FID-300 reference at 1/8)
-
-
-def _seconds(fn) -> float:
-  time.sleep(_SETTLE_S)
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
-def _timed_together(fns: dict, repeats: int, budget_s: float) -> dict:
-  """name -> (first call seconds, median of up to ``repeats`` further calls), in turns."""
-  first = {name: _seconds(fn) for name, fn in fns.items()}
-  times = {name: [] for name in fns}
-  start = time.perf_counter()
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      times[name].append(_seconds(fn))
-    if time.perf_counter() - start > budget_s:
-      break
-  return {name: (first[name], statistics.median(times[name])) for name in fns}
 
 
 def _relu(rng, shape) -> np.ndarray:
@@ -218,19 +198,19 @@ def fft_rates(canvas: tuple[int, int], channels: int, repeats: int) -> dict:
   flops = batch * _fft_flops(canvas[0] * canvas[1])
   workers = os.cpu_count()
   host = statistics.median(
-      _seconds(lambda: scipy.fft.irfft2(spectrum, s=canvas, workers=workers))
+      timing.seconds(lambda: scipy.fft.irfft2(spectrum, s=canvas, workers=workers))
       for _ in range(repeats))
   on_device = jnp.asarray(spectrum)
   inverse = jax.jit(lambda x: jnp.fft.irfft2(x, s=canvas))
   jax.block_until_ready(inverse(on_device))
-  xla = statistics.median(_seconds(lambda: inverse(on_device)) for _ in range(repeats))
+  xla = statistics.median(timing.seconds(lambda: inverse(on_device)) for _ in range(repeats))
   return {'canvas': list(canvas), 'scipy_fft_flops_per_s': flops / host,
           'xla_fft_flops_per_s': flops / xla}
 
 
 def fwjax_fft_flops(probes, masks, sizes, channels, margin) -> tuple[float, list]:
   """Nominal FFT flops of one fwjax.matching.mcncc call, and its canvases."""
-  prepared = matching._prepare_probes(  # pylint: disable=protected-access
+  prepared = matching.stream._prepare_probes(  # pylint: disable=protected-access
       probes, masks, channels, margin, False, (), int(sizes[:, 0].max()),
       int(sizes[:, 1].max()))
   total = 0.0
@@ -272,7 +252,7 @@ def run_fid300(rng, num_probes, num_refs, channels, peer_pairs, repeats, budget_
   }
   counts = {'fwjax': pairs, 'fwjax_no_masks': pairs, 'xla_conv': conv_refs,
             'scipy': peer_pairs, 'numpy': max(1, peer_pairs // 4)}
-  timed = _timed_together(contenders, repeats, budget_s)
+  timed = timing.timed_together(contenders, repeats, budget_s)
   rates = {name: counts[name] / t for name, (_, t) in timed.items()}
   row = {'scenario': 'fid300', 'probes': num_probes, 'references': num_refs,
          'channels': channels, 'margin': margin, 'pairs_per_s': rates,
@@ -319,7 +299,7 @@ def run_stream(rng, workdir, num_refs, collection, channels, probe_counts, repea
   try:
     for count in probe_counts:
       probes, masks = fid300_probes(rng, count, channels)
-      timed = _timed_together({'fwjax_topk': functools.partial(
+      timed = timing.timed_together({'fwjax_topk': functools.partial(
           matching.topk, probes, path, 10, probe_masks=masks, reference_sizes=sizes)},
                               repeats, budget_s)
       (first, seconds), = timed.values()

@@ -7,9 +7,10 @@ For each architecture of ``fwjax.models.bodies`` that Keras has (all but torchvi
 which ``kernels/bench_resnet.py`` times against PyTorch), each input size and dtype: images/s of
 ``build_body(arch).apply`` under ``jax.jit`` and of the same network built by
 ``keras.applications`` (``include_top=False, pooling='avg'``, random weights) called through
-its compiled ``predict_on_batch``, on the same batch of the same device, in turns. bfloat16 is
-fwjax's ``dtype=bfloat16`` (parameters float32) and Keras's ``mixed_bfloat16`` policy. The
-thesis's per-10,000-image extraction time is 1e4 / images/s. Compile time is reported apart.
+its compiled ``predict_on_batch``, on the same batch of the same device, each call after
+``timing.SETTLE_S``. bfloat16 is fwjax's ``dtype=bfloat16`` (parameters float32) and Keras's
+``mixed_bfloat16`` policy. The thesis's per-10,000-image extraction time is 1e4 / images/s.
+Compile time is reported apart.
 """
 
 import json
@@ -27,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fwjax.models import bodies, imagenet  # noqa: E402
+from kernels import timing  # noqa: E402
 
 _ARCHS = flags.DEFINE_list('archs', ['vgg16', 'vgg19', 'keras_resnet50', 'xception',
                                      'inception_resnet_v2', 'nasnet_large'], 'Bodies to time.')
@@ -42,16 +44,6 @@ KERAS_NAMES = {'vgg16': 'VGG16', 'vgg19': 'VGG19', 'keras_resnet50': 'ResNet50',
                'nasnet_large': 'NASNetLarge'}
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    time.sleep(0.2)  # let the other contender's threads settle (see bench_distances)
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _fwjax(arch: str, x: np.ndarray, dtype: str, repeats: int) -> dict:
   model = bodies.build_body(arch, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *x.shape[1:])))
@@ -60,7 +52,8 @@ def _fwjax(arch: str, x: np.ndarray, dtype: str, repeats: int) -> dict:
   start = time.perf_counter()
   forward(variables, x).block_until_ready()
   compile_s = time.perf_counter() - start
-  seconds = _median_seconds(lambda: forward(variables, x).block_until_ready(), repeats)
+  seconds = statistics.median(timing.seconds(lambda: forward(variables, x))
+                              for _ in range(repeats))
   return {'compile_seconds': compile_s, 'seconds': seconds, 'images_per_second': len(x) / seconds}
 
 
@@ -78,7 +71,8 @@ def _keras(arch: str, x: np.ndarray, dtype: str, repeats: int) -> dict:
     start = time.perf_counter()
     net.predict_on_batch(images)
     compile_s = time.perf_counter() - start
-    seconds = _median_seconds(lambda: net.predict_on_batch(images), repeats)
+    seconds = statistics.median(timing.seconds(lambda: net.predict_on_batch(images))
+                                for _ in range(repeats))
   finally:
     keras.config.set_dtype_policy('float32')
   return {'compile_seconds': compile_s, 'seconds': seconds, 'images_per_second': len(x) / seconds}
