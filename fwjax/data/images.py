@@ -53,7 +53,8 @@ def _grey_from_colour(image: Image.Image, path, allow_colour: bool) -> np.ndarra
     return np.ascontiguousarray(rgb[..., 0])
   if not allow_colour:
     raise ColourImageError(path, f'is a colour image ({image.mode}); impressions are greyscale. '
-                        'Convert it yourself or pass allow_colour=True to use its luma')
+                        'Convert it to greyscale first (from Python, load_image(..., '
+                        'allow_colour=True) takes its luma)')
   return np.asarray(image.convert('RGB').convert('L'))
 
 
