@@ -186,7 +186,9 @@ def _load_retrieval_set(config: SimilarityConfig, out_dir: pathlib.Path) -> Retr
       fid300_dir=config.fid300_dir, synthetic=config.synthetic,
       synthetic_probes_per_model=config.synthetic_probes_per_model,
       references=config.references, num_references=config.num_references,
-      queries_per_class=config.queries_per_class, seed=config.seed, max_pixels=config.max_pixels)
+      queries_per_class=config.queries_per_class, seed=config.seed, max_pixels=config.max_pixels,
+      keep_references=config.keep_references, num_classes=config.num_classes,
+      distractor_classes=config.distractor_classes)
   if not retrieval.items:
     raise ValueError(f'the collection is empty: {retrieval.description}')
   if config.k > len(retrieval.items):
