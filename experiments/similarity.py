@@ -33,7 +33,8 @@ _SYNTHETIC_PROBES = flags.DEFINE_integer('synthetic_probes_per_model', C.synthet
                                          'Probes per model of the synthetic retrieval set.')
 _REFERENCES = flags.DEFINE_list(
     'references', [], 'Reference images: each file is one query; each folder is one query '
-    'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are).')
+    'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are). One that '
+    'lies in the collection stays in it unless --nokeep_references.')
 _QUERIES_PER_CLASS = flags.DEFINE_integer(
     'queries_per_class', C.queries_per_class,
     'Without --references, on a class-folder collection: queries drawn per class (seeded; a '

@@ -159,9 +159,11 @@ def _explicit_queries(references: Sequence[str], root: pathlib.Path | None,
 
 def _references_note(count: int, keep_references: bool) -> str:
   """What happened to the reference images found in the collection (the description's words)."""
-  return ('references kept in the collection (ranked, relevant to their class)' if keep_references
-          else 'references held out of the collection') if count else (
-              'no reference image in the collection')
+  if not count:
+    return 'no reference image in the collection'
+  if keep_references:
+    return 'references kept in the collection (ranked, relevant to their class)'
+  return 'references held out of the collection'
 
 
 def _select_classes(items: list[pathlib.Path], classes: list[str] | None, num_classes: int,

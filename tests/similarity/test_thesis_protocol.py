@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 
 def _class_folders(root, classes=3, per_class=12):
