@@ -33,11 +33,26 @@ _SYNTHETIC_PROBES = flags.DEFINE_integer('synthetic_probes_per_model', C.synthet
                                          'Probes per model of the synthetic retrieval set.')
 _REFERENCES = flags.DEFINE_list(
     'references', [], 'Reference images: each file is one query; each folder is one query '
-    'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are).')
+    'fusing all of its images. Not used with --fid300_dir/--synthetic (probes are). One that '
+    'lies in the collection stays in it unless --nokeep_references.')
 _QUERIES_PER_CLASS = flags.DEFINE_integer(
     'queries_per_class', C.queries_per_class,
-    'Without --references, on a class-folder collection: queries drawn per class (held out of the'
-    ' collection).')
+    'Without --references, on a class-folder collection: queries drawn per class (seeded; a '
+    'class needs more images than --queries_per_class x the largest --num_references).')
+_KEEP_REFERENCES = flags.DEFINE_bool(
+    'keep_references', C.keep_references,
+    'Reference images that lie in the collection (drawn per class, or --references inside '
+    '--collection_dir/--manifest) stay in it: ranked like any image and relevant to their class, '
+    'so a query finds its own reference at rank 1 (the thesis\'s setting). --nokeep_references '
+    'holds them out. No effect with --fid300_dir/--synthetic: probes are not collection images.')
+_NUM_CLASSES = flags.DEFINE_integer(
+    'num_classes', C.num_classes,
+    'Class-folder --collection_dir: use only the first N classes in sorted folder-name order '
+    '(--distractor_classes not counted; images of other classes are not ranked). 0: all.')
+_DISTRACTOR_CLASSES = flags.DEFINE_list(
+    'distractor_classes', list(C.distractor_classes),
+    'Class folders of --collection_dir whose images are ranked but never queried and never '
+    'relevant (e.g. FIRE\'s others, Caltech-256\'s 257.clutter).')
 _NUM_REFERENCES = flags.DEFINE_list('num_references', list(map(str, C.num_references)),
                                     'Reference images fused per query; several values compare.')
 _WEIGHTS = flags.DEFINE_string(
@@ -124,7 +139,8 @@ def main(argv):
       out_dir=_OUT_DIR.value, collection_dir=_COLLECTION_DIR.value, manifest=_MANIFEST.value,
       fid300_dir=_FID300_DIR.value, synthetic=_SYNTHETIC.value,
       synthetic_probes_per_model=_SYNTHETIC_PROBES.value, references=tuple(_REFERENCES.value),
-      queries_per_class=_QUERIES_PER_CLASS.value,
+      queries_per_class=_QUERIES_PER_CLASS.value, keep_references=_KEEP_REFERENCES.value,
+      num_classes=_NUM_CLASSES.value, distractor_classes=tuple(_DISTRACTOR_CLASSES.value),
       num_references=tuple(int(r) for r in _NUM_REFERENCES.value), weights=_WEIGHTS.value,
       random_width=_RANDOM_WIDTH.value, arch=_ARCH.value, colour=_COLOUR.value,
       seed=_SEED.value, stage=_STAGE.value,

@@ -7,16 +7,33 @@ queries for each reference count R (R reference images fused into one query).
 - FID-300 layout (``fid300_dir``, or the synthetic set in that layout): the references of the
   database are the collection, each one its own class; the crime-scene probes are the queries,
   their class the reference they were made by. With R > 1, the probes of one reference are taken R
-  at a time (a reference with fewer than R probes gives no query; the count is reported).
+  at a time (a reference with fewer than R probes gives no query; the count is reported). Probes
+  are not collection images, so ``keep_references`` does not apply.
 - A folder (``collection_dir``): every image under it. When every image sits in a sub-folder, the
-  first sub-folder is its class (an ImageFolder layout). Without explicit references, each class
-  with enough images gives ``queries_per_class`` queries drawn at random (seeded); the drawn
-  images are held out of the collection, the same set for every R so that scores across reference
-  counts rank the same collection (the thesis's setting).
+  first sub-folder is its class (an ImageFolder layout: Caltech-256's ``<class>/*.jpg``). Without
+  explicit references, each class with more than ``queries_per_class x max(R)`` images gives
+  ``queries_per_class`` queries drawn at random (seeded, classes in sorted order); the same
+  images are drawn for every R (R = 1 uses the first of the images drawn for the largest R).
 - A manifest CSV (``manifest``, fwjax.data.manifest's format): its images, no classes.
 - Explicit references (``references``): each file is a query; each folder is one query whose images
-  are all fused. A reference inside a class folder of the collection gets that class (and is taken
-  out of the collection, so it is not found as its own match).
+  are all fused. A reference inside a class folder of the collection gets that class.
+
+Reference images inside the collection (drawn ones, or explicit ones that lie in it):
+``keep_references=True`` (the default, the thesis's setting: its Figure 5.1 shows the reference
+image itself at position 1 of a ranking) leaves them in the collection, where they are ranked like
+any other item and count as relevant items of their class, so an exact metric finds a query's own
+reference at rank 1 and the scores include it. ``keep_references=False`` holds them out: the
+collection is what remains, the same for every R. The draw is the same either way.
+
+Class-folder collections as the thesis used them (``collection_dir`` with class sub-folders):
+
+- ``distractor_classes`` (FIRE's ``others``, Caltech-256's ``257.clutter``): their images stay in
+  the collection and are ranked, but no query is drawn from them and they are relevant to no
+  query (a reference that lies in one gets no class). They are not classes for ``num_classes``.
+- ``num_classes`` = N > 0: only the first N other classes in sorted folder-name order are used
+  (reproducible, and what a Caltech subset usually means); the images of the other classes are
+  not in the collection. Classes are drawn from in that same order, so the queries of the first
+  N classes are the ones a run on every class draws for them.
 """
 
 from __future__ import annotations
@@ -43,7 +60,12 @@ class Query:
 
 @dataclasses.dataclass
 class RetrievalSet:
-  """Images to rank, their classes (or None), and the queries per reference count."""
+  """Images to rank, their classes (or None), and the queries per reference count.
+
+  ``description`` says where the collection came from, what was left out and, when reference
+  images lie in the collection, which way they went: "references kept in the collection" or
+  "references held out of the collection".
+  """
   items: list[pathlib.Path]
   classes: list[str] | None
   query_sets: dict[int, list[Query]]
@@ -113,7 +135,8 @@ def _class_of(path: pathlib.Path, root: pathlib.Path) -> str | None:
 
 
 def _explicit_queries(references: Sequence[str], root: pathlib.Path | None,
-                      classes_known: bool) -> list[Query]:
+                      targets: set[str]) -> list[Query]:
+  """One query per entry; its target is its class folder when that is one of ``targets``."""
   queries = []
   for entry in references:
     path = pathlib.Path(entry).expanduser()
@@ -126,11 +149,59 @@ def _explicit_queries(references: Sequence[str], root: pathlib.Path | None,
     else:
       raise FileNotFoundError(f'--references: reference image not found: {path}')
     target = None
-    if root is not None and classes_known:
+    if root is not None and targets:
       found = {_class_of(f, root) for f in files}
       target = found.pop() if len(found) == 1 else None
+      target = target if target in targets else None  # a distractor or left-out class: none
     queries.append(Query(path.stem if path.is_file() else path.name, tuple(files), target))
   return queries
+
+
+def _references_note(count: int, keep_references: bool) -> str:
+  """What happened to the reference images found in the collection (the description's words)."""
+  if not count:
+    return 'no reference image in the collection'
+  if keep_references:
+    return 'references kept in the collection (ranked, relevant to their class)'
+  return 'references held out of the collection'
+
+
+def _select_classes(items: list[pathlib.Path], classes: list[str] | None, num_classes: int,
+                    distractor_classes: Sequence[str]
+                    ) -> tuple[list[pathlib.Path], list[str] | None, set[str], str]:
+  """``--num_classes`` and ``--distractor_classes`` applied to a class-folder collection.
+
+  Returns:
+    (items, classes, the classes queries can have, what the description adds).
+  """
+  if classes is None:
+    if num_classes or distractor_classes:
+      flag = '--num_classes' if num_classes else '--distractor_classes'
+      raise ValueError(f'{flag} needs a --collection_dir whose images all sit in class '
+                       'sub-folders (<class>/*.jpg)')
+    return items, classes, set(), ''
+  names = sorted(set(classes))
+  missing = [c for c in distractor_classes if c not in names]
+  if missing:
+    raise ValueError(f'--distractor_classes: no class folder {", ".join(missing)} in the '
+                     f'collection; its {len(names)} classes: {", ".join(names[:10])}'
+                     + (' ...' if len(names) > 10 else ''))
+  distractors = set(distractor_classes)
+  queried = [c for c in names if c not in distractors]
+  if num_classes > len(queried):
+    raise ValueError(f'--num_classes={num_classes} but the collection has {len(queried)} '
+                     'classes' + (' besides --distractor_classes' if distractors else ''))
+  chosen = set(queried[:num_classes] if num_classes else queried)
+  keep = [i for i, c in enumerate(classes) if c in chosen or c in distractors]
+  note = ''
+  if num_classes:
+    note += (f'; the first {num_classes} of {len(queried)} classes in sorted order '
+             f'({len(items) - len(keep)} images of the others left out)')
+  if distractors:
+    count = sum(classes[i] in distractors for i in keep)
+    note += (f'; distractor classes {", ".join(sorted(distractors))} ({count} images): ranked, '
+             'never queried or relevant')
+  return [items[i] for i in keep], [classes[i] for i in keep], chosen, note
 
 
 def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = None,
@@ -138,7 +209,9 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
                        synthetic: int = 0, synthetic_probes_per_model: int = 2,
                        references: Sequence[str] = (), num_references: Sequence[int] = (1,),
                        queries_per_class: int = 1, seed: int = 0,
-                       max_pixels: int = images.MAX_PIXELS) -> RetrievalSet:
+                       max_pixels: int = images.MAX_PIXELS, keep_references: bool = True,
+                       num_classes: int = 0, distractor_classes: Sequence[str] = ()
+                       ) -> RetrievalSet:
   """Builds the retrieval set named by a similarity run's settings (the flags of the same names).
 
   Args:
@@ -152,12 +225,19 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     seed: seed of the drawing and of the synthetic set.
     max_pixels: a manifest's images with more pixels than this are left out (listed in
       ``skipped``).
+    keep_references: reference images that lie in the collection stay in it, ranked and relevant
+      to their class (the thesis); False holds them out. Without effect on FID-300 and the
+      synthetic set, whose probes are not collection images.
+    num_classes: use only the first N classes (sorted, distractor classes not counted) of a
+      class-folder collection; 0 uses all.
+    distractor_classes: class folders whose images are ranked but never queried or relevant.
 
   Returns:
     The retrieval set with its queries for every R in ``num_references``.
 
   Raises:
-    ValueError: no source or several sources, or references that do not fit the source.
+    ValueError: no source or several sources, references that do not fit the source, or
+      class settings that do not fit the collection (named by their flag).
     FileNotFoundError: a folder, manifest or reference that does not exist.
   """
   sources = {name: value for name, value in (
@@ -167,6 +247,11 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     raise ValueError('give exactly one collection source: --collection_dir, --manifest, '
                      f'--fid300_dir or --synthetic (got {sorted(sources) or "none"})')
   (source, value), = sources.items()
+  if num_classes < 0:
+    raise ValueError(f'--num_classes={num_classes}: give 0 (every class) or a class count')
+  if source != 'collection_dir' and (num_classes or distractor_classes):
+    flag = '--num_classes' if num_classes else '--distractor_classes'
+    raise ValueError(f'{flag} applies to a class-folder --collection_dir, not to --{source}')
   if source in ('fid300_dir', 'synthetic'):
     if references:
       raise ValueError(f'--references cannot be combined with --{source}: its probes are the '
@@ -180,6 +265,7 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
                                             synthetic_probes_per_model, seed=seed)
     return _fid300(pathlib.Path(root), num_references, 'synthetic retrieval set')
 
+  note = ''
   if source == 'manifest':
     csv_path = pathlib.Path(value).expanduser()
     if not csv_path.is_file():
@@ -192,7 +278,7 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     items = [pathlib.Path(e.path) for e in scan.examples]
     skipped = [(csv_path.parent / s.path, f'manifest row {s.row}: {s.reason}')
                for s in scan.skipped]
-    root, classes, other = None, None, 0
+    root, classes, other, targets, listed = None, None, 0, set(), len(items)
   else:
     root = pathlib.Path(value).expanduser()
     if not root.is_dir():
@@ -200,9 +286,14 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     items, other = list_images(root)
     found = [_class_of(p, root) for p in items]
     classes = None if not items or None in found else found
+    listed = len(items)
+    items, classes, targets, note = _select_classes(items, classes, num_classes,
+                                                    distractor_classes)
   description = f'{source} {value}: {len(items)} images' + (
+      f' of {listed}' if len(items) != listed else '') + (
       f' ({other} non-image files ignored)' if other else '') + (
           f' ({len(skipped)} manifest rows left out)' if source == 'manifest' and skipped else '')
+  description += note
 
   if source != 'manifest':
     skipped = []
@@ -210,33 +301,43 @@ def load_retrieval_set(work_dir: pathlib.Path, *, collection_dir: str | None = N
     if tuple(num_references) != (1,):
       raise ValueError('--num_references applies to queries drawn from a collection; with '
                        '--references, give a folder to fuse all of its images into one query')
-    queries = _explicit_queries(references, root, classes is not None)
-    held = {f.resolve() for q in queries for f in q.references}
-    keep = [i for i, p in enumerate(items) if p.resolve() not in held]
+    queries = _explicit_queries(references, root, targets)
+    given = {f.resolve() for q in queries for f in q.references}
+    inside = [i for i, p in enumerate(items) if p.resolve() in given]
+    keep = range(len(items)) if keep_references else sorted(set(range(len(items))) - set(inside))
     return RetrievalSet(items=[items[i] for i in keep],
                         classes=None if classes is None else [classes[i] for i in keep],
                         query_sets={1: queries},
-                        description=description + f', {len(items) - len(keep)} reference(s) '
-                                                  'taken out of the collection', skipped=skipped)
+                        description=description + f', {len(inside)} reference image(s) in the '
+                        f'collection: {_references_note(len(inside), keep_references)}',
+                        skipped=skipped)
   if classes is None:
     raise ValueError(f'--references is required: {description}, and no class sub-folders to '
                      'draw queries from')
-  return _sample_queries(items, classes, num_references, queries_per_class, seed, description)
+  return _sample_queries(items, classes, num_references, queries_per_class, seed, description,
+                         targets, keep_references)
 
 
 def _sample_queries(items: list[pathlib.Path], classes: list[str], num_references: Sequence[int],
-                    queries_per_class: int, seed: int, description: str) -> RetrievalSet:
-  """The thesis's setting: per class, queries of R images drawn and held out of the collection."""
+                    queries_per_class: int, seed: int, description: str, targets: set[str],
+                    keep_references: bool) -> RetrievalSet:
+  """The thesis's setting: per class of ``targets``, queries of R images drawn at random.
+
+  The drawn images stay in the collection or are held out (``keep_references``); either way a
+  class needs more images than it gives references, so that a query has a relevant item that is
+  not one of its own references, and the draw does not depend on ``keep_references``.
+  """
   largest = max(num_references)
   per_class = largest * queries_per_class
   rng = np.random.default_rng(seed)
   by_class: dict[str, list[int]] = {}
   for i, c in enumerate(classes):
-    by_class.setdefault(c, []).append(i)
+    if c in targets:
+      by_class.setdefault(c, []).append(i)
   held, groups, too_small = set(), [], []
   for c in sorted(by_class):
     members = by_class[c]
-    if len(members) <= per_class:  # at least one image must stay to be found
+    if len(members) <= per_class:  # at least one image besides the references must be found
       too_small.append(c)
       continue
     drawn = [members[j] for j in rng.permutation(len(members))[:per_class]]
@@ -244,10 +345,11 @@ def _sample_queries(items: list[pathlib.Path], classes: list[str], num_reference
     groups += [(c, g, drawn[g * largest:(g + 1) * largest]) for g in range(queries_per_class)]
   query_sets = {r: [Query(f'{c}-{g}', tuple(items[i] for i in group[:r]), c)
                     for c, g, group in groups] for r in num_references}
-  keep = [i for i in range(len(items)) if i not in held]
+  keep = range(len(items)) if keep_references else [i for i in range(len(items)) if i not in held]
   if too_small:
     description += (f'; {len(too_small)} class(es) with <= {per_class} images not queried: '
                     + ', '.join(too_small[:10]) + (' ...' if len(too_small) > 10 else ''))
   return RetrievalSet(items=[items[i] for i in keep], classes=[classes[i] for i in keep],
                       query_sets=query_sets,
-                      description=description + f', {len(held)} drawn as references')
+                      description=description + f', {len(held)} drawn as references: '
+                      + _references_note(len(held), keep_references))

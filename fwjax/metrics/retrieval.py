@@ -73,10 +73,23 @@ def inverse_recall_at_q(relevance, q: float) -> np.ndarray:
 def auirc(relevance) -> np.ndarray:
   """Area under the inverse-recall curve, exactly, for each query: (Q,) float64.
 
-  The curve ``q -> inverse_recall_at_q(q)`` is a step function: on ``((j-1)/R, j/R]`` it equals
-  ``r_j / N`` where ``r_j`` is the rank of the j-th relevant item. Its exact area is
-  ``mean_j(r_j) / N``. Lower is better; a perfect ranking scores ``(R + 1) / (2 N)``, a random
-  one about ``(N + 1) / (2 N)``.
+  The curve is ``q -> inverse_recall_at_q(relevance, q)`` for q in [0, 1], with the share of the
+  collection inspected (in [0, 1]) on the y axis. It is a step function: with ``r_j`` the 1-based
+  rank of the j-th relevant item of R, it equals ``r_j / N`` on ``((j-1)/R, j/R]``. Each step is
+  closed at its right end (``ceil(q R) = j`` at ``q = j/R``), so the curve is left-continuous and
+  jumps just after each recall level j/R; single points carry no area, so the exact area is the
+  sum of the R steps, ``sum_j (1/R) r_j / N = mean_j(r_j) / N``, the mean rank of the relevant
+  items over N. No sampling or interpolation is involved.
+
+  Range: lower is better; a perfect ranking (relevant items at ranks 1..R) scores
+  ``(R + 1) / (2 N)``, a random one ``(N + 1) / (2 N)`` in expectation (about 1/2), the worst
+  (relevant items last) ``1 - (R - 1) / (2 N)``.
+
+  Other scales: where the curve is drawn with the share of the collection in percent (as the
+  thesis plots inverse recall), the area is 100 times this value. The similarity job's
+  ``inverse_recall.png`` plots the mean curve sampled at q = 0.01, 0.02, ..., 1.00; the mean of
+  those 100 samples is a right Riemann sum of a non-decreasing curve, so it lies between this
+  exact area and the area plus ``0.01 x (curve(1) - curve(0))``, at most 0.01 above it.
   """
   relevance = _relevance(relevance)
   counts = _require_relevant(relevance, 'auirc')
@@ -170,7 +183,8 @@ def retrieval_scores(relevance, precision_at: Sequence[int] = (1, 5, 10),
   Args:
     relevance: (Q, N) bool, ``relevance[q, r]`` = the item at rank r is relevant to query q;
       every query has at least one relevant item.
-    precision_at: k values for precision@k (those above N are left out).
+    precision_at: k values for precision@k (those above N are left out; the similarity job
+      says which, on the console and in summary.json's ``left_out``).
     recall_levels: q values for inverse recall@q.
     percents: CMC thresholds in percent of N (ceil(p% of N) items).
 

@@ -25,6 +25,9 @@ class SimilarityConfig:
   synthetic_probes_per_model: int = 2
   references: tuple[str, ...] = ()
   queries_per_class: int = 1
+  keep_references: bool = True
+  num_classes: int = 0
+  distractor_classes: tuple[str, ...] = ()
   num_references: tuple[int, ...] = (1,)
   weights: str | None = None
   random_width: int = 64
@@ -73,6 +76,8 @@ def validate(config: SimilarityConfig) -> None:
     raise ValueError(f'--fusion={config.fusion!r}; valid: {", ".join(distances.FUSIONS)}')
   if not config.num_references or min(config.num_references) < 1:
     raise ValueError(f'--num_references={config.num_references}: give counts >= 1')
+  if config.num_classes < 0:
+    raise ValueError(f'--num_classes={config.num_classes}: give 0 (every class) or a class count')
   if config.k < 0:
     raise ValueError(f'--k={config.k}: give 0 (full order) or a positive count')
   feature_model.check_stage(config.stage, config.arch)

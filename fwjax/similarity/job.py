@@ -112,6 +112,11 @@ def _run_similarity(config: SimilarityConfig, once_accepted: contextlib.ExitStac
   if retrieval.classes is not None:
     listed = {path: i for i, path in enumerate(retrieval.items)}
     item_classes = np.asarray([retrieval.classes[listed[p]] for p in items.paths])
+  # metrics.retrieval_scores leaves out precision@k with k > N: said here, not silently.
+  left_out = [f'precision@{k} left out: collection has {len(items.paths)} items'
+              for k in config.precision_at if item_classes is not None and k > len(items.paths)]
+  for line in left_out:
+    print(line, flush=True)
   # Prepared once: every metric and reference count ranks against the same statistics.
   collection = distances.Collection(items.features)
   store = store_lib.ResultsStore(config.results_db or out_dir / 'results.sqlite')
@@ -141,6 +146,8 @@ def _run_similarity(config: SimilarityConfig, once_accepted: contextlib.ExitStac
   summary.update(features=features_text, num_items=len(items.paths), timings=timings,
                  skipped=[{'path': str(p), 'reason': r} for p, r in _skipped(retrieval, items)],
                  collection=retrieval.description, results=results)
+  if left_out:
+    summary['left_out'] = left_out
   runs.write_atomic(out_dir / 'summary.json', json.dumps(summary, indent=1, default=str))
   return summary
 
@@ -186,7 +193,9 @@ def _load_retrieval_set(config: SimilarityConfig, out_dir: pathlib.Path) -> Retr
       fid300_dir=config.fid300_dir, synthetic=config.synthetic,
       synthetic_probes_per_model=config.synthetic_probes_per_model,
       references=config.references, num_references=config.num_references,
-      queries_per_class=config.queries_per_class, seed=config.seed, max_pixels=config.max_pixels)
+      queries_per_class=config.queries_per_class, seed=config.seed, max_pixels=config.max_pixels,
+      keep_references=config.keep_references, num_classes=config.num_classes,
+      distractor_classes=config.distractor_classes)
   if not retrieval.items:
     raise ValueError(f'the collection is empty: {retrieval.description}')
   if config.k > len(retrieval.items):

@@ -201,21 +201,50 @@ def test_bad_input_fails_clearly(tmp_path):
     similarity.run_similarity(_config(tmp_path))
 
 
-def test_class_folders_draw_held_out_queries(tmp_path):
-  """The thesis's setting: per class, R images drawn as references and held out."""
+def _class_folders(root):
   rng = np.random.default_rng(3)
   for c in ('a', 'b', 'c'):
     base = _pattern(rng)
-    (tmp_path / 'col' / c).mkdir(parents=True)
+    (root / c).mkdir(parents=True)
     for i in range(5):
       noisy = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-      Image.fromarray(noisy, 'L').save(tmp_path / 'col' / c / f'{i}.png')
+      Image.fromarray(noisy, 'L').save(root / c / f'{i}.png')
+  return root
+
+
+def test_class_folders_draw_held_out_queries(tmp_path):
+  """--nokeep_references: per class, R images drawn as references and held out."""
   summary = similarity.run_similarity(_config(
-      tmp_path, collection_dir=str(tmp_path / 'col'), num_references=(1, 2),
-      metrics=('manhattan',)))
+      tmp_path, collection_dir=str(_class_folders(tmp_path / 'col')), num_references=(1, 2),
+      metrics=('manhattan',), keep_references=False))
   # Two images per class are held out for every R, so both rank the same 9 images.
   assert summary['num_items'] == 9
   assert [r['num_queries'] for r in summary['results']] == [3, 3]
   held = {r['path'] for r in _read_csv(tmp_path / 'out' / 'references.csv')}
   ranked = {r['path'] for r in _read_csv(tmp_path / 'out' / 'collection.csv')}
   assert len(held) == 6 and not held & ranked
+  assert 'references held out of the collection' in summary['collection']
+
+
+def test_class_folders_keep_the_drawn_references(tmp_path, capsys):
+  """The thesis's setting (the default): a query's reference is ranked and found first."""
+  summary = similarity.run_similarity(_config(
+      tmp_path, collection_dir=str(_class_folders(tmp_path / 'col')), num_references=(1, 2),
+      metrics=('manhattan',), precision_at=(1, 5, 50)))
+  out = tmp_path / 'out'
+  references = {r['path'] for r in _read_csv(out / 'references.csv')}
+  ranked = {r['path'] for r in _read_csv(out / 'collection.csv')}
+  assert summary['num_items'] == 15 and len(references) == 6 and references <= ranked
+  assert 'references kept in the collection' in summary['collection']
+  for query in ('a-0', 'b-0', 'c-0'):
+    rows = _read_csv(out / 'R1' / 'manhattan' / f'{query}.csv')
+    # Rank 1 is an image of the query's class at distance 0: its own reference.
+    assert float(rows[0]['manhattan']) == 0 and f'/{query[0]}/' in rows[0]['path']
+    assert rows[0]['path'] in references and float(rows[1]['manhattan']) > 0
+  single = summary['results'][0]
+  assert single['num_references'] == 1 and single['first_match_rank'] == 1
+  assert single['precision@1'] == 1 and 'precision@50' not in single
+  # precision@50 cannot be scored on 15 items: the run says so.
+  note = 'precision@50 left out: collection has 15 items'
+  assert note in capsys.readouterr().out
+  assert json.loads((out / 'summary.json').read_text())['left_out'] == [note]
