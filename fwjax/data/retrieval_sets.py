@@ -127,11 +127,17 @@ def _fid300(root: pathlib.Path, num_references: Sequence[int], name: str) -> Ret
 
 
 def _class_of(path: pathlib.Path, root: pathlib.Path) -> str | None:
-  try:
-    parts = path.resolve().relative_to(root.resolve()).parts
-  except ValueError:
-    return None
-  return parts[0] if len(parts) > 1 else None
+  # The folder the path sits in as listed, before links are followed: a class folder of
+  # symbolic links (a distractor class linked in from elsewhere) keeps its class. A path spelt
+  # differently from the root (relative, or through a link above it) is tried resolved.
+  for path_form, root_form in ((path.absolute(), root.absolute()),
+                               (path.resolve(), root.resolve())):
+    try:
+      parts = path_form.relative_to(root_form).parts
+    except ValueError:
+      continue
+    return parts[0] if len(parts) > 1 else None
+  return None
 
 
 def _explicit_queries(references: Sequence[str], root: pathlib.Path | None,

@@ -340,3 +340,17 @@ def test_class_settings_errors_name_the_flag(tmp_path, shared_dir):
                      '--collection_dir, not to --fid300_dir'):
     retrieval_sets.load_retrieval_set(tmp_path, fid300_dir=str(shared_dir / 'data' / 'fid300_dev'),
                                       distractor_classes=('others',))
+
+
+def test_a_class_folder_of_links_keeps_its_class(tmp_path):
+  # A distractor class is often linked in from elsewhere (make_synthetic --mode=photo_folders
+  # does so): its images belong to the folder they are listed in, not to where links lead.
+  root = _distinct_folders(tmp_path / 'col', {'a': 4, 'b': 4})
+  elsewhere = _distinct_folders(tmp_path / 'elsewhere', {'x': 3}, seed=5)
+  (root / 'others').mkdir()
+  for path in sorted((elsewhere / 'x').glob('*.png')):
+    (root / 'others' / path.name).symlink_to(path)
+  data = retrieval_sets.load_retrieval_set(tmp_path, collection_dir=str(root),
+                                           distractor_classes=('others',))
+  assert collections.Counter(data.classes) == {'a': 4, 'b': 4, 'others': 3}
+  assert [q.target for q in data.queries(1)] == ['a', 'b']
