@@ -26,8 +26,8 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
 
 
 def score_boxplots(runs: Sequence[compare.StoredRun], score: str, title: str) -> Figure:
-  """Per-query ``score`` per (CNN, metric): boxes grouped by CNN, coloured by metric; a panel
-  per reference count R."""
+  """Per-query ``score`` per (CNN, metric): boxes grouped by CNN, coloured by metric, with the
+  mean as a diamond (precision@1 is 0 or 1: its box alone says little); a panel per R."""
   labels, metrics = compare.labels_in_order(runs), compare.metrics_in_order(runs)
   refs = compare.references_in_order(runs)
   chosen = compare.score_runs(runs)
@@ -46,7 +46,9 @@ def score_boxplots(runs: Sequence[compare.StoredRun], score: str, title: str) ->
         if not values.size:
           continue
         box = ax.boxplot([values], positions=[i * (len(metrics) + 1) + j], widths=0.8,
-                         patch_artist=True, showfliers=True,
+                         patch_artist=True, showfliers=True, showmeans=True,
+                         meanprops={'marker': 'D', 'markerfacecolor': 'white',
+                                    'markeredgecolor': 'black', 'markersize': 5},
                          flierprops={'markersize': 3, 'markeredgecolor': colours[metric]},
                          medianprops={'color': 'black'})
         box['boxes'][0].set(facecolor=colours[metric], alpha=0.75)
@@ -56,8 +58,10 @@ def score_boxplots(runs: Sequence[compare.StoredRun], score: str, title: str) ->
     ax.set_title(f'R = {r} reference image' + ('s' if r > 1 else ''))
     ax.grid(axis='y', alpha=0.3)
   axes[0].set_ylabel(score + (' (lower is better)' if score == 'auirc' else ''))
-  fig.legend(handles=[Patch(facecolor=colours[m], alpha=0.75, label=m) for m in metrics],
-             loc='outside right upper', title='metric')
+  handles = [Patch(facecolor=colours[m], alpha=0.75, label=m) for m in metrics]
+  handles.append(Line2D([], [], marker='D', markerfacecolor='white', markeredgecolor='black',
+                        linestyle='', label='mean'))
+  fig.legend(handles=handles, loc='outside right upper', title='metric')
   fig.suptitle(title)
   return fig
 
@@ -68,21 +72,37 @@ def _spread(values: np.ndarray) -> tuple[float, float, float]:
   return mean, mean - float(np.min(values)), float(np.max(values)) - mean
 
 
+def _place_labels(ax, points: Sequence[tuple[float, float, str, str]]) -> None:
+  """Annotates points, moving a label up or down when it would cover one already placed."""
+  to_points = 72 / ax.figure.dpi
+  placed: list[tuple[float, float]] = []
+  for x, y, text, colour in sorted(points, key=lambda p: -p[1]):
+    px, py = ax.transData.transform((x, y)) * to_points
+    width = 4.5 * len(text)  # points of a 7-point label, roughly
+    for dy in (4, -12, 14, -22, 24, -32, 34, -42):
+      spot = (px + 5, py + dy)
+      if all(abs(spot[0] - qx) > width or abs(spot[1] - qy) > 9 for qx, qy in placed):
+        break
+    placed.append(spot)
+    ax.annotate(text, (x, y), textcoords='offset points', xytext=(5, dy), fontsize=7,
+                color=colour)
+
+
 def auirc_time_scatter(runs: Sequence[compare.StoredRun]) -> Figure:
   """Mean AUIRC against time (extraction per 10,000 images + distance), one point per
-  (CNN, metric, R); horizontal bars span the repeats' min to max."""
+  (CNN, metric, R), a panel per R; horizontal bars span the repeats' min to max."""
   labels, metrics = compare.labels_in_order(runs), compare.metrics_in_order(runs)
   refs = compare.references_in_order(runs)
   chosen = compare.score_runs(runs)
   cnn_colours = _colours(labels)
   markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(metrics)}
-  fig = Figure(figsize=(9, 6), layout='constrained')
-  ax = fig.add_subplot()
-  xs = []
-  for label in labels:
-    extraction = compare.timing_values(runs, label, 'feature_extraction')
-    for metric in metrics:
-      for r in refs:
+  fig = Figure(figsize=(5.5 * len(refs) + 2, 5.5), layout='constrained')
+  axes = fig.subplots(1, len(refs), sharey=True, squeeze=False)[0]
+  for ax, r in zip(axes, refs):
+    points = []
+    for label in labels:
+      extraction = compare.timing_values(runs, label, 'feature_extraction')
+      for metric in metrics:
         run = chosen.get((label, metric, r))
         distance = compare.timing_values(runs, label, 'distance', metric, r)
         if run is None or not distance.size or len(distance) != len(extraction):
@@ -91,20 +111,22 @@ def auirc_time_scatter(runs: Sequence[compare.StoredRun]) -> Figure:
         y = float(np.nanmean(compare.per_query(run, 'auirc')))
         ax.errorbar([x], [y], xerr=[[low], [high]], fmt=markers[metric], capsize=3,
                     color=cnn_colours[label], markersize=7)
-        ax.annotate(f'{metric} R{r}', (x, y), textcoords='offset points', xytext=(5, 4),
-                    fontsize=7, color=cnn_colours[label])
-        xs.append(x)
-  if xs and max(xs) > 20 * max(min(xs), 1e-9):
-    ax.set_xscale('log')
-  ax.set_xlabel('seconds: extraction per 10,000 images + distance (mean, min-max over repeats)')
-  ax.set_ylabel('mean AUIRC (lower is better)')
-  ax.grid(alpha=0.3)
+        points.append((x, y, metric, cnn_colours[label]))
+    xs = [p[0] for p in points]
+    if xs and max(xs) > 20 * max(min(xs), 1e-9):
+      ax.set_xscale('log')
+    fig.canvas.draw()  # the axes' limits and transform, for placing the labels
+    _place_labels(ax, points)
+    ax.set_title(f'R = {r} reference image' + ('s' if r > 1 else ''))
+    ax.set_xlabel('seconds: extraction per 10,000 images + distance')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('mean AUIRC (lower is better)')
   handles = [Line2D([], [], color=cnn_colours[n], marker='o', linestyle='', label=n)
              for n in labels]
   handles += [Line2D([], [], color='grey', marker=markers[m], linestyle='', label=m)
               for m in metrics]
-  ax.legend(handles=handles, fontsize=8, loc='best')
-  ax.set_title('AUIRC versus time')
+  fig.legend(handles=handles, fontsize=8, loc='outside right upper')
+  fig.suptitle('AUIRC versus time (mean; bars: min to max over repeats)')
   return fig
 
 
@@ -140,8 +162,8 @@ def timing_bars(runs: Sequence[compare.StoredRun]) -> Figure:
     ax.set_xticks(x, labels, rotation=25, ha='right', fontsize=8)
     ax.set_ylabel('seconds')
     ax.grid(axis='y', alpha=0.3)
-  if len(refs):
-    axes[2].legend(fontsize=8, title='metric')
+  fig.legend(handles=[Patch(facecolor=colours[m], label=m) for m in metrics], fontsize=8,
+             title='metric', loc='outside right upper')
   fig.suptitle('Timings: mean over repeats, bars from min to max')
   return fig
 
