@@ -103,10 +103,10 @@ def summary_table(runs: Sequence[compare.StoredRun], precision_k: int) -> Table:
                      _mean(compare.per_query(run, precision)), len(distance),
                      _mean(build), _sd(build), _mean(extraction), _sd(extraction),
                      _mean(distance), _sd(distance)])
-  return Table('summary', 'Summary per CNN, metric and reference count R', header, rows, [
-      'AUIRC and precision: means over queries (lower AUIRC is better). Timings: mean and '
-      'standard deviation over repeats; build = weights + compile, extraction per 10,000 '
-      'images, distance = ranking every query of that R.'])
+  note = ('AUIRC and precision: means over queries (lower AUIRC is better). Timings: mean and '
+          'standard deviation over repeats; build = weights + compile, extraction per 10,000 '
+          'images, distance = ranking every query of that R.')
+  return Table('summary', 'Summary per CNN, metric and reference count R', header, rows, [note])
 
 
 def _class_values(runs: Sequence[compare.StoredRun], score: str) -> dict[str, list[float]]:
@@ -159,5 +159,5 @@ def untrained_table(runs: Sequence[compare.StoredRun], untrained: Sequence[str],
         rows.append([label, metric, group, _mean(a), _mean(p), len(a)])
   return Table('untrained_classes', 'Classes not among ImageNet\'s 1,000 (untrained)',
                ['CNN', 'metric', 'class', 'mean AUIRC', f'mean {precision}', 'queries'], rows,
-               [f'{len(untrained)} untrained classes; means over their queries with every '
-                'reference count.'])
+               [(f'{len(untrained)} untrained classes; means over their queries with every '
+                 'reference count.')])

@@ -42,7 +42,7 @@ def comparison(tmp_path_factory):
 
 
 def test_every_row_is_in_the_store(comparison):
-  base, jobs, outcome, _ = comparison
+  _, jobs, outcome, _ = comparison
   assert len(outcome['done']) == len(ARCHS) * REPEATS and not outcome['failed']
   rows = store_lib.ResultsStore(jobs[0].config.results_db).runs('similarity', 'complete')
   want = {f'cmp_{a}_rep{r}:{m}:R{n}' for a in ARCHS for r in range(REPEATS) for m in METRICS
