@@ -32,9 +32,10 @@ def score_boxplots(runs: Sequence[compare.StoredRun], score: str, title: str) ->
   refs = compare.references_in_order(runs)
   chosen = compare.score_runs(runs)
   colours = _colours(metrics)
-  panel_width = max(4.0, 0.5 * len(labels) * (len(metrics) + 1))
-  fig = Figure(figsize=(panel_width * len(refs) + 1, 4.6), layout='constrained')
-  axes = fig.subplots(1, len(refs), sharey=True, squeeze=False)[0]
+  # Panels stacked: six CNNs x four metrics make 24 boxes a row, too wide side by side.
+  panel_width = max(6.0, 0.4 * len(labels) * (len(metrics) + 1))
+  fig = Figure(figsize=(panel_width + 1.5, 1.2 + 3.4 * len(refs)), layout='constrained')
+  axes = fig.subplots(len(refs), 1, sharex=True, squeeze=False)[:, 0]
   for ax, r in zip(axes, refs):
     for i, label in enumerate(labels):
       for j, metric in enumerate(metrics):
@@ -57,7 +58,7 @@ def score_boxplots(runs: Sequence[compare.StoredRun], score: str, title: str) ->
     ax.set_xlim(-1, len(labels) * (len(metrics) + 1) - 1)
     ax.set_title(f'R = {r} reference image' + ('s' if r > 1 else ''))
     ax.grid(axis='y', alpha=0.3)
-  axes[0].set_ylabel(score + (' (lower is better)' if score == 'auirc' else ''))
+    ax.set_ylabel('AUIRC (lower is better)' if score == 'auirc' else score)
   handles = [Patch(facecolor=colours[m], alpha=0.75, label=m) for m in metrics]
   handles.append(Line2D([], [], marker='D', markerfacecolor='white', markeredgecolor='black',
                         linestyle='', label='mean'))
@@ -137,8 +138,14 @@ def timing_bars(runs: Sequence[compare.StoredRun]) -> Figure:
   refs = compare.references_in_order(runs)
   colours = _colours(metrics)
   panels = 2 + len(refs)
-  fig = Figure(figsize=(max(9.0, 1.2 * len(labels) * panels), 4.6), layout='constrained')
-  axes = fig.subplots(1, panels, squeeze=False)[0]
+  # Two panels a row: six CNNs x five panels side by side would be unreadably wide.
+  rows = -(-panels // 2)
+  fig = Figure(figsize=(2 * max(4.5, 0.95 * len(labels)) + 1.5, 0.8 + 3.8 * rows),
+               layout='constrained')
+  grid = fig.subplots(rows, 2, squeeze=False).ravel()
+  for spare in grid[panels:]:
+    spare.set_visible(False)
+  axes = grid[:panels]
   x = np.arange(len(labels))
   for ax, phase, title in ((axes[0], 'model_build', 'model build (weights + compile)'),
                            (axes[1], 'feature_extraction', 'extraction per 10,000 images')):
