@@ -132,10 +132,9 @@ _SHORTLIST = flags.DEFINE_integer(
 flags.mark_flag_as_required('out_dir')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = C(
+def config_from_flags() -> C:
+  """The SimilarityConfig the flags describe (also the base of experiments.compare)."""
+  return C(
       out_dir=_OUT_DIR.value, collection_dir=_COLLECTION_DIR.value, manifest=_MANIFEST.value,
       fid300_dir=_FID300_DIR.value, synthetic=_SYNTHETIC.value,
       synthetic_probes_per_model=_SYNTHETIC_PROBES.value, references=tuple(_REFERENCES.value),
@@ -153,6 +152,12 @@ def main(argv):
       match_scale=_MATCH_SCALE.value, margin=_MARGIN.value, flip=_FLIP.value,
       rotations=tuple(float(r) for r in _ROTATIONS.value), shortlist=_SHORTLIST.value,
       max_pixels=_MAX_PIXELS.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = config_from_flags()
   summary = similarity.run_similarity(config)
   cmc = summary.get('cmc')
   print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '

@@ -103,6 +103,15 @@ def cached_extractor(model: FeatureModel, stage: str, height: int, width: int,
   return _EXTRACTORS[key]
 
 
+def clear_extractors() -> None:
+  """Forgets the extractors :func:`cached_extractor` kept: the next run compiles its own.
+
+  Repeated timings (``fwjax.similarity.compare``) call this so that each repeat's model build
+  includes compilation, as a fresh process's would.
+  """
+  _EXTRACTORS.clear()
+
+
 @dataclasses.dataclass
 class FeatureSet:
   """Features of a collection, with what was left out.

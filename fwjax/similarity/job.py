@@ -351,6 +351,22 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
           for metric in config.metrics]
 
 
+def run_key(config: SimilarityConfig, metric: str, num_refs: int) -> tuple[dict[str, Any], str]:
+  """The stored flags and the config key of one (metric, reference count) run of ``config``.
+
+  Where a run writes (``out_dir``, ``results_db``, ``cache_dir``), ``progress`` and the list of
+  ``metrics`` do not change its result, so they are not part of the key.
+
+  Returns:
+    ``(flags, key)``: the keyed fields (with ``metric`` and ``num_references``) and their sha256.
+  """
+  key_fields = dict(dataclasses.asdict(config), metric=metric, num_references=num_refs)
+  for unkeyed in ('out_dir', 'progress', 'results_db', 'cache_dir', 'metrics'):
+    key_fields.pop(unkeyed)
+  digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode())
+  return key_fields, digest.hexdigest()
+
+
 class ReferenceImageError(ValueError):
   """A reference image cannot be read: the run stops, naming it."""
 
@@ -367,12 +383,9 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
   entry: dict[str, Any] = {'metric': metric, 'num_references': num_refs,
                            'fusion': config.fusion, 'num_queries': len(queries),
                            'distance_seconds': seconds}
-  key_fields = dict(dataclasses.asdict(config), metric=metric, num_references=num_refs)
-  for unkeyed in ('out_dir', 'progress', 'results_db', 'cache_dir', 'metrics'):
-    key_fields.pop(unkeyed)
-  config_key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode())
+  key_fields, config_key = run_key(config, metric, num_refs)
   run_args = dict(kind='similarity', name=f'{config.name}:{metric}:R{num_refs}',
-                  flags=key_fields, config_key=config_key.hexdigest(), output_dir=str(out_dir))
+                  flags=key_fields, config_key=config_key, output_dir=str(out_dir))
   # A re-run after an interruption continues the interrupted run's row instead of adding one.
   run_id = store.continue_run(**run_args) or store.start_run(**run_args)
   entry['skipped_images'] = len(_skipped(collection, items))
@@ -408,7 +421,9 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
     store.log_artifact(run_id, f'rankings_{metric}_R{num_refs}', str(out_dir / f'R{num_refs}'))
     store.log_artifact(run_id, 'skipped', str(out_dir / SKIPPED))
     summary = {n: v for n, v in entry.items() if not n.startswith('_')}
-    store.finish_run(run_id, dict(summary, features=features_text))
+    # Each scored query's class, so per-class scores can be read back from the store alone.
+    query_classes = {queries[i].id: queries[i].target for i in scored}
+    store.finish_run(run_id, dict(summary, features=features_text, query_classes=query_classes))
   except KeyboardInterrupt:
     store.interrupt_run(run_id, 'interrupted (KeyboardInterrupt); run the same command again')
     raise
