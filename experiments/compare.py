@@ -19,9 +19,9 @@ and labelled "random"). --out_dir is the comparison's folder: one run folder per
 (<out_dir>/<arch>/rep<r>/), a feature cache per repeat shared by the CNNs, results.sqlite unless
 --results_db, and the figures and tables in <out_dir>/comparison/. Jobs complete in the store
 are skipped, so the comparison can be stopped and restarted at any time. Each repeat starts
-cold (its own feature cache, compiled programs dropped), so its timings are its own; on a
-small collection the distance time is then mostly compilation: --nocold keeps compiled programs
-between jobs, so every repeat after the first times the distance computation alone.
+cold (its own feature cache, compiled programs dropped), so its timings are its own; --nocold
+keeps compiled programs between jobs (later repeats' model build is then the weights' load). The
+distance time is always the computation alone (the job compiles on a first call).
 The logic is in fwjax.similarity.compare, compare_tables and compare_figures.
 """
 
@@ -42,7 +42,7 @@ _IMAGENET_CLASSES = flags.DEFINE_string(
     'its names (lower case, separators normalised) are untrained.')
 _COLD = flags.DEFINE_bool(
     'cold', True, 'Each repeat compiles again (its timings are a fresh process\'s); --nocold keeps '
-    'compiled programs between jobs, so repeats after the first time the computation alone.')
+    'compiled programs between jobs, so repeats after the first build without compiling.')
 _TOP_CLASSES = flags.DEFINE_integer('top_classes', 5, 'Best classes listed per CNN.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False,
                                  'Only write the figures and tables from the store.')

@@ -12,13 +12,11 @@ Each repeat therefore starts cold: its features come from a feature cache of its
 (``<out_dir>/feature_cache/rep<r>/``, shared by the CNNs: the cache is keyed by the model), and
 the programs compiled in this process are dropped first (the extractor kept by
 ``features.cached_extractor`` and JAX's jit caches), so every repeat's model build includes
-compilation and its distance time includes compiling the distance kernels, as a fresh process's
-would. Only the process start (imports, the XLA backend) is shared. On a small collection the
-distance time is then mostly compilation (synthetic set of 24 images: about 0.1-0.9 s cold,
-2-7 ms warm), and the first (metric, R) of a job also compiles what the others share. With
-``cold=False`` (``--nocold``) the programs are kept between jobs: repeat 0 of each CNN pays the
-compilation, later repeats time the computation alone (their model build is then the weights'
-load only, the compiled extractor being reused).
+compilation, as a fresh process's would. Only the process start (imports, the XLA backend) is
+shared. The distance time is the computation alone: the job ranks once to compile and times a
+second call (the first call's time is stored beside it as ``first_call_seconds``). With
+``cold=False`` (``--nocold``) compiled programs are kept between jobs: repeat 0 of each CNN pays
+the compilation, later repeats' model build is the weights' load only.
 
 An arch without weights is initialised randomly (``base.random_width``, ``base.seed``) and
 labelled ``<arch> (random)`` everywhere. The scores do not depend on the repeat (same weights,

@@ -69,10 +69,12 @@ def _outputs(folder):
   summary.pop('timings')
   for entry in [summary] + summary['results']:
     entry.pop('distance_seconds')
+    entry.pop('distance_first_call_seconds')
   store = store_lib.ResultsStore(folder / 'results.sqlite')
   rows = {}  # by name: the latest run of each (metric, reference count)
   for run in store.runs():
     run['summary'].pop('distance_seconds')
+    run['summary'].pop('distance_first_call_seconds')
     rows[run['name']] = (
         {k: run[k] for k in ('config_key', 'flags', 'status', 'summary')},
         [m for m in store.metrics(run['run_id']) if not m[1].endswith('seconds')],
