@@ -138,9 +138,7 @@ def main(argv):
       rotations=tuple(float(r) for r in _ROTATIONS.value), shortlist=_SHORTLIST.value,
       max_pixels=_MAX_PIXELS.value)
   summary = similarity.run_similarity(config)
-  cmc = summary.get('cmc')
-  print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '
-        f'items, {summary["metric"]}' + (f', CMC {cmc}' if cmc else '') + f' -> {config.out_dir}')
+  print(similarity.console_summary(summary))
 
 
 if __name__ == '__main__':
