@@ -419,7 +419,8 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
       scored = [i for i, ok in zip(scored, has_match) if ok]
       relevance = relevance[has_match]
       if scored:
-        per_query, aggregated = metrics_lib.retrieval_scores(relevance, config.precision_at, config.recall_levels)
+        per_query, aggregated = metrics_lib.retrieval_scores(relevance, config.precision_at,
+                                                             config.recall_levels)
         entry.update(aggregated)
         entry['num_queries'] = len(scored)
         entry['unscored_queries'] = len(queries) - len(scored)

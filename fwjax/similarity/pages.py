@@ -292,7 +292,7 @@ def query_page(
       path = result.paths[rank - 1]
       relevant = result.relevant is not None and bool(result.relevant[rank - 1])
       href = file_href(path, out_path, root)
-      caption = (f'#{rank} &middot; {text[rank - 1]}'
+      caption = (f'#{rank} &middot; <span class="distance">{text[rank - 1]}</span>'
                  + (' &middot; <span class="match">match</span>' if relevant else '')
                  + f'<br><a href="{html.escape(href)}" title="{html.escape(str(path))}">'
                  f'{html.escape(pathlib.Path(path).name)}</a>')

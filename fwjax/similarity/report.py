@@ -117,7 +117,7 @@ def write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, queries: lis
                    item_classes: np.ndarray | None,
                    ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
                    num_refs: int) -> None:
-  """A CSV per query: rank, path, every metric's distance (full precision), ordered by ``metric``."""
+  """A CSV per query: rank, path, every metric's distance (6 digits), ordered by ``metric``."""
   dist, order, _ = ranked[metric]
   dist, order = dist[:, :config.k or None], order[:, :config.k or None]
   num_items = len(items.paths)
@@ -199,7 +199,7 @@ def write_query_pages(config: SimilarityConfig, out_dir: pathlib.Path, queries: 
   return rows
 
 
-def _weights_text(config: SimilarityConfig) -> str:
+def weights_text(config: SimilarityConfig) -> str:
   """The weights file's name and SHA-256, or the random initialisation's seed."""
   if config.weights is None:
     return f'random initialisation (seed {config.seed})'
@@ -234,7 +234,7 @@ def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mappin
   skipped = len(summary.get('skipped', ()))
   facts = {
       'model': f'{config.arch}, stage {config.stage}, input {size}',
-      'weights': _weights_text(config),
+      'weights': weights_text(config),
       'features': summary['features'],
       'metrics': ', '.join(config.metrics) + f' (several references fused by {config.fusion})',
       'reference counts': ', '.join(map(str, config.num_references)),

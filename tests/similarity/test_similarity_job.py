@@ -116,9 +116,9 @@ def test_fid300_layout_end_to_end(tmp_path, assert_picture):
   expected = scipy_distance.cdist(pair, items[order]).sum(axis=0)
   np.testing.assert_allclose([float(r['euclidean']) for r in rows], expected, rtol=1e-4)
 
-  # An HTML page per query with the reference(s) and the top results inline, plots, the store.
+  # A page per query with the reference(s) and every metric's top results inline, plots, store.
   page = (out / 'R2' / 'pages' / '00001+00002.html').read_text()
-  assert len(re.findall('data:image/png;base64,', page)) == 2 + 5
+  assert len(re.findall('data:image/png;base64,', page)) == 2 + 2 * 5  # top 5 of both metrics
   assert len(list((out / 'R1' / 'pages').glob('*.html'))) == len(PROBES)
   for plot in ('cmc.png', 'inverse_recall.png'):
     assert_picture(out / plot, min_size=(300, 400))
