@@ -149,15 +149,14 @@ class MetricResults:
     paths: the top-ranked collection items, best first.
     distances: their (fused) distances to the query's reference(s).
     relevant: where ground truth is known, whether each item is a correct match.
-    scores: where ground truth is known, this query's scores under the metric (precision@k ...).
-    first_match: the rank of the first correct match in the full ranking, where known.
+    scores: where ground truth is known, this query's scores under the metric (precision@k,
+      first_match_rank ...).
   """
   metric: str
   paths: Sequence[str | pathlib.Path]
   distances: Sequence[float]
   relevant: Sequence[bool] | None = None
   scores: Mapping[str, float] | None = None
-  first_match: int | None = None
 
   def __post_init__(self):
     if len(self.paths) != len(self.distances) or (

@@ -188,7 +188,7 @@ def write_query_pages(config: SimilarityConfig, out_dir: pathlib.Path, queries: 
       results.append(pages.MetricResults(
           metric, [items.paths[j] for j in order[i][:top]], dist[i][:top],
           None if relevant is None else relevant[:top],
-          query_scores.get(metric, {}).get(i), first))
+          query_scores.get(metric, {}).get(i)))
       first_match[metric] = first
     page = query_page_path(out_dir, num_refs, query.id)
     pages.query_page(page, query_id=query.id, references=query.references, results=results,

@@ -129,9 +129,9 @@ def _query_page(tmp_path, **kwargs):
   (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8 truncated')
   results = [
       pages.MetricResults('cosine', items, [0.125, 0.5, 2.0], [False, True, False],
-                          {'precision@1': 0.0, 'first_match_rank': 2.0}, 2),
+                          {'precision@5': 0.2, 'auirc': 0.3, 'first_match_rank': 2.0}),
       pages.MetricResults('euclidean', items[::-1][:2], [0.1234567, 0.1234571], [False, True],
-                          {'precision@1': 0.0, 'first_match_rank': 2.0}, 2),
+                          {'precision@5': 0.4, 'auirc': 0.1, 'first_match_rank': 2.0}),
   ]
   page = pages.query_page(
       tmp_path / 'out' / 'R1' / 'pages' / 'q1.html', query_id='q<1>', references=[ref],
@@ -174,6 +174,12 @@ def test_query_page_shows_every_metric_side_by_side(tmp_path):
   assert {a.text() for a in table.iter('a') if a.text()} == names
   scores = next(t for t in tree.iter('table') if 'results' not in t.attrs.get('class', ''))
   assert [th.text() for th in scores.iter('th')] == ['score', 'cosine', 'euclidean']
+  # Best in bold: precision is higher-better, AUIRC and the first match's rank lower-better.
+  shown = [[(td.text(), bool(list(td.iter('b')))) for td in tr.iter('td')]
+           for tr in scores.iter('tr')][1:]
+  assert shown == [[('precision@5', False), ('0.2000', False), ('0.4000', True)],
+                   [('auirc', False), ('0.3000', False), ('0.1000', True)],
+                   [('first match rank', False), ('2', True), ('2', True)]]
   assert 'class 7' in tree.text() and 'q&lt;1&gt;' in text and 'q<1>' not in text
   assert 'broken.jpg' in text and 'truncated JPEG' in text
   assert 'http' not in text and '<script' not in text  # stands alone, no JavaScript
