@@ -2,7 +2,7 @@
 
   python -m experiments.similarity --flagfile=experiments/flags/synthetic_retrieval.flags \
       --out_dir=/tmp/pages_run
-  python kernels/screenshot_pages.py /tmp/pages_run
+  python -m kernels.screenshot_pages /tmp/pages_run
 
 Writes index.png (the run's index.html) and query.png (one query page, by default the first
 page of the largest reference count) at 1400x1000, the size a laptop screen shows. Needs a

@@ -263,7 +263,8 @@ def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mappin
           f'{_seconds(extraction, "seconds")} for {extraction.get("images_extracted", 0)} '
           f'images, {extraction.get("seconds_per_10000_images", float("nan")):.1f} s per '
           f'10,000; {extraction.get("images_from_cache", 0)} from the feature cache'),
-      'distances': 'per metric and reference count: the scores table',
+      'distances': f'{sum(e["distance_seconds"] for e in summary["results"]):.2f} s in all '
+                   '(per metric and reference count: the scores table)',
   }
   links = [(name, name) for name in ('summary.json', 'flags.txt', 'collection.csv',
                                      'references.csv') if (out_dir / name).exists()]
