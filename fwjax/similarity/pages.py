@@ -221,9 +221,12 @@ def _score_text(name: str, value: float) -> str:
 
 
 def _best(name: str, values: Sequence[float]) -> float | None:
-  """The best of one score's values: precision and CMC are higher-better, the rest lower."""
+  """The best of one score's values (precision and CMC are higher-better, the rest lower).
+
+  None when all are equal: bold on every cell would mark nothing.
+  """
   finite = [v for v in values if math.isfinite(v)]
-  if not finite:
+  if len(set(finite)) < 2:
     return None
   return max(finite) if name.startswith(('precision@', 'cmc@')) else min(finite)
 
@@ -356,6 +359,7 @@ def index_page(
     title: str,
     facts: Mapping[str, str],
     scores: Sequence[Mapping[str, object]],
+    compared: Sequence[str] = (),
     timings: Mapping[str, str],
     rows: Sequence[IndexRow],
     metrics: Sequence[str],
@@ -369,6 +373,8 @@ def index_page(
     title: the run's name.
     facts: label -> text of the run's identity (model, weights, collection, date ...), in order.
     scores: one row per (metric, reference count): column name -> value (floats get 4 decimals).
+    compared: score columns whose best value among the rows of one reference count (the
+      column ``'R'``) is bold (precision@k and CMC higher-better, the others lower).
     timings: label -> text.
     rows: every query of every reference count, in order.
     metrics: the metrics, in column order.
@@ -387,10 +393,17 @@ def index_page(
         f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links) + '</p>')
   if scores:
     columns = list(dict.fromkeys(c for row in scores for c in row))
-    parts.append('<h2>Scores</h2><table><tr>'
+    parts.append('<h2>Scores' + (' (best of each reference count in bold)' if compared else '')
+                 + '</h2><table><tr>'
                  + ''.join(f'<th class="num">{html.escape(c)}</th>' for c in columns) + '</tr>')
+    best = {}
+    for column in compared:
+      for r in {row.get('R') for row in scores}:
+        values = [row[column] for row in scores if row.get('R') == r and column in row]
+        best[column, r] = _best(column, values)
     for row in scores:
-      cells = (_cell(row.get(c)) for c in columns)
+      cells = (_cell(row.get(c), row.get(c) is not None
+                     and row.get(c) == best.get((c, row.get('R')))) for c in columns)
       parts.append('<tr>' + ''.join(cells) + '</tr>')
     parts.append('</table>')
   if timings:
@@ -408,12 +421,11 @@ def index_page(
   return out_path
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, bold: bool = False) -> str:
   if value is None:
     return '<td class="num">&ndash;</td>'
-  if isinstance(value, float):
-    return f'<td class="num">{value:.4f}</td>'
-  return f'<td class="num">{html.escape(str(value))}</td>'
+  text = f'{value:.4f}' if isinstance(value, float) else html.escape(str(value))
+  return f'<td class="num">{f"<b>{text}</b>" if bold else text}</td>'
 
 
 def _queries_table(out_path: pathlib.Path, rows: Sequence[IndexRow],
@@ -438,7 +450,7 @@ def _queries_table(out_path: pathlib.Path, rows: Sequence[IndexRow],
              f'<td>{html.escape(row.target) if row.target is not None else "&ndash;"}</td>']
     if ranked:
       known = [r for r in row.first_match.values() if r is not None]
-      best = min(known) if known else None
+      best = _best('first_match_rank', known)
       for metric in metrics:
         rank = row.first_match.get(metric)
         text = '&ndash;' if rank is None else (f'<b>{rank}</b>' if rank == best else str(rank))

@@ -26,6 +26,8 @@ from fwjax.similarity import pages
 from fwjax.similarity.config import SimilarityConfig
 
 PLOTS = ('cmc.png', 'inverse_recall.png')
+# Columns of the index's scores table that label a row or time it: never marked best.
+SCORE_LABELS = ('metric', 'R', 'queries', 'distance seconds')
 INDEX = 'index.html'
 
 
@@ -271,6 +273,9 @@ def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mappin
   if skipped:
     links.append((f'skipped.csv ({skipped} unreadable)', 'skipped.csv'))
   return pages.index_page(
-      out_dir / INDEX, title=config.name, facts=facts, scores=scores, timings=timing_text,
+      out_dir / INDEX, title=config.name, facts=facts, scores=scores,
+      compared=[c for c in dict.fromkeys(c for row in scores for c in row)
+                if c not in SCORE_LABELS],
+      timings=timing_text,
       rows=rows, metrics=config.metrics, links=links,
       plots=[p for p in PLOTS if (out_dir / p).exists()])

@@ -174,12 +174,13 @@ def test_query_page_shows_every_metric_side_by_side(tmp_path):
   assert {a.text() for a in table.iter('a') if a.text()} == names
   scores = next(t for t in tree.iter('table') if 'results' not in t.attrs.get('class', ''))
   assert [th.text() for th in scores.iter('th')] == ['score', 'cosine', 'euclidean']
-  # Best in bold: precision is higher-better, AUIRC and the first match's rank lower-better.
+  # Best in bold: precision is higher-better, AUIRC and the first match's rank lower-better;
+  # equal values are not marked.
   shown = [[(td.text(), bool(list(td.iter('b')))) for td in tr.iter('td')]
            for tr in scores.iter('tr')][1:]
   assert shown == [[('precision@5', False), ('0.2000', False), ('0.4000', True)],
                    [('auirc', False), ('0.3000', False), ('0.1000', True)],
-                   [('first match rank', False), ('2', True), ('2', True)]]
+                   [('first match rank', False), ('2', False), ('2', False)]]  # a tie
   assert 'class 7' in tree.text() and 'q&lt;1&gt;' in text and 'q<1>' not in text
   assert 'broken.jpg' in text and 'truncated JPEG' in text
   assert 'http' not in text and '<script' not in text  # stands alone, no JavaScript
@@ -209,16 +210,27 @@ def test_index_lists_every_query_with_ranks_and_links(tmp_path):
     rows.append(pages.IndexRow(r, query, [ref] * r, 'k', ranks, page))
   index = pages.index_page(
       run / 'index.html', title='run', facts={'weights': 'w.pth (SHA-256 00ff)'},
-      scores=[{'metric': 'cosine', 'R': 1, 'precision@1': 0.5}], timings={'model build': '1 s'},
+      scores=[{'metric': 'cosine', 'R': 1, 'precision@1': 0.5, 'auirc': 0.2},
+              {'metric': 'euclidean', 'R': 1, 'precision@1': 0.25, 'auirc': 0.4},
+              {'metric': 'cosine', 'R': 2, 'precision@1': 0.125, 'auirc': 0.1}],
+      compared=['precision@1', 'auirc'], timings={'model build': '1 s'},
       rows=rows, metrics=['cosine', 'euclidean'], links=[('flags.txt', 'flags.txt')])
   tree = parse(index.read_text())
+  # The best of each reference count in bold (one row of R=2: nothing to compare).
+  scores = next(tree.iter('table'))
+  shown = [[(td.text(), bool(list(td.iter('b')))) for td in tr.iter('td')]
+           for tr in scores.iter('tr')][1:]
+  assert shown == [
+      [('cosine', False), ('1', False), ('0.5000', True), ('0.2000', True)],
+      [('euclidean', False), ('1', False), ('0.2500', False), ('0.4000', False)],
+      [('cosine', False), ('2', False), ('0.1250', False), ('0.1000', False)]]
   (table,) = tree.iter('table', 'queries')
   body = [list(tr.iter('td')) for tr in table.iter('tr')][2:]  # two header rows
   assert [(c[0].text(), c[2].text()) for c in body] == [('1', 'a'), ('1', 'b'), ('2', 'a+b')]
   assert [len(list(c[1].iter('img'))) for c in body] == [1, 1, 2]
   ranks = [[(c.text(), bool(list(c.iter('b')))) for c in row[4:]] for row in body]
-  assert ranks == [[('3', False), ('1', True)], [('2', True), ('2', True)],
-                   [('–', False), ('5', True)]]
+  assert ranks == [[('3', False), ('1', True)], [('2', False), ('2', False)],  # a tie
+                   [('–', False), ('5', False)]]  # one rank: nothing to compare
   for row, cells in zip(rows, body):
     hrefs = {a.attrs['href'] for a in cells[2].iter('a')}
     assert {_resolve(h, index) for h in hrefs} == {row.page}
