@@ -395,7 +395,7 @@ def index_page(
     columns = list(dict.fromkeys(c for row in scores for c in row))
     parts.append('<h2>Scores' + (' (best of each reference count in bold)' if compared else '')
                  + '</h2><table><tr>'
-                 + ''.join(f'<th class="num">{html.escape(c)}</th>' for c in columns) + '</tr>')
+                 + ''.join(f'<th>{html.escape(c)}</th>' for c in columns) + '</tr>')
     best = {}
     for column in compared:
       for r in {row.get('R') for row in scores}:
@@ -425,7 +425,8 @@ def _cell(value: object, bold: bool = False) -> str:
   if value is None:
     return '<td class="num">&ndash;</td>'
   text = f'{value:.4f}' if isinstance(value, float) else html.escape(str(value))
-  return f'<td class="num">{f"<b>{text}</b>" if bold else text}</td>'
+  cls = ' class="num"' if isinstance(value, (int, float)) else ''
+  return f'<td{cls}>{f"<b>{text}</b>" if bold else text}</td>'
 
 
 def _queries_table(out_path: pathlib.Path, rows: Sequence[IndexRow],

@@ -216,6 +216,16 @@ def _seconds(values: Mapping[str, float], name: str) -> str:
   return '?' if value is None else f'{value:.2f} s'
 
 
+def _extraction_text(extraction: Mapping[str, float]) -> str:
+  extracted = int(extraction.get('images_extracted', 0))
+  cached = int(extraction.get('images_from_cache', 0))
+  if not extracted:
+    return f'all {cached} images from the feature cache'
+  return (f'{_seconds(extraction, "seconds")} for {extracted} images '
+          f'({extraction["seconds_per_10000_images"]:.1f} s per 10,000)'
+          + (f'; {cached} more from the feature cache' if cached else ''))
+
+
 def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mapping[str, Any],
                 rows: Sequence[pages.IndexRow]) -> pathlib.Path:
   """Writes the run's ``index.html`` from its summary and the rows of every query page.
@@ -257,14 +267,10 @@ def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mappin
     scores.append(row)
   timings = summary['timings']
   build = timings.get('model_build', {})
-  extraction = timings.get('feature_extraction', {})
   timing_text = {
       'model build': f'{_seconds(build, "seconds")} (load {_seconds(build, "load_seconds")}, '
                      f'compile {_seconds(build, "compile_seconds")})',
-      'feature extraction': (
-          f'{_seconds(extraction, "seconds")} for {extraction.get("images_extracted", 0)} '
-          f'images, {extraction.get("seconds_per_10000_images", float("nan")):.1f} s per '
-          f'10,000; {extraction.get("images_from_cache", 0)} from the feature cache'),
+      'feature extraction': _extraction_text(timings.get('feature_extraction', {})),
       'distances': f'{sum(e["distance_seconds"] for e in summary["results"]):.2f} s in all '
                    '(per metric and reference count: the scores table)',
   }
