@@ -163,3 +163,16 @@ def test_mcncc_run_writes_an_index_and_pages_with_its_one_metric(tmp_path):
   (results,) = parse(pages[0].read_text()).iter('table', 'results')
   assert [th.text() for th in results.iter('th')] == ['rank', 'mcncc']
   assert 'mcncc R=1: 4 queries scored' in job.console_summary(summary)
+
+
+def test_index_timings_say_what_came_from_the_feature_cache(run):
+  out, summary = run
+  # The fixture's run extracted every image; a second run of the same set finds all cached.
+  tree = parse((out / 'index.html').read_text())
+  rows = [list(tr.iter('td')) for tr in list(tree.iter('table'))[1].iter('tr')]
+  timings = {name.text(): value.text() for name, value in rows}
+  extracted = summary['timings']['feature_extraction']['images_extracted']
+  assert timings['feature extraction'].split(' s for ')[1].startswith(f'{extracted} images (')
+  assert set(timings) == {'model build', 'feature extraction', 'distances'}
+  assert report._extraction_text({'images_extracted': 0, 'images_from_cache': 7}) == (
+      'all 7 images from the feature cache')

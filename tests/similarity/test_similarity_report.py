@@ -1,4 +1,4 @@
-"""Tests for fwjax.similarity.report's plots (its pages: test_pages.py, test_similarity_pages.py)."""
+"""Tests for fwjax.similarity.report's plots (its pages: test_pages.py, test_similarity_pages)."""
 
 
 import numpy as np
