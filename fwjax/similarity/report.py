@@ -248,7 +248,9 @@ def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mappin
       'model': f'{config.arch}, stage {config.stage}, input {size}',
       'weights': weights_text(config),
       'features': summary['features'],
-      'metrics': ', '.join(config.metrics) + f' (several references fused by {config.fusion})',
+      'metrics': ', '.join(config.metrics) + (
+          f' (several references fused by {config.fusion})'
+          if max(config.num_references) > 1 else ''),
       'reference counts': ', '.join(map(str, config.num_references)),
       'collection': f'{summary["collection"]}; {summary["num_items"]} images ranked'
                     + (f', {skipped} unreadable left out' if skipped else ''),

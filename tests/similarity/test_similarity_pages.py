@@ -76,7 +76,8 @@ def test_index_header_scores_and_plots(run):
   facts = {dt.text(): dd.text() for dt, dd in zip(tree.iter('dt'), tree.iter('dd'))}
   assert facts['weights'] == 'random initialisation (seed 0)'
   assert facts['model'].startswith('resnet50, stage features, input 64x32')
-  assert facts['metrics'].startswith(', '.join(METRICS)) and facts['reference counts'] == '1, 2'
+  assert facts['metrics'] == ', '.join(METRICS) + ' (several references fused by sum)'
+  assert facts['reference counts'] == '1, 2'
   assert facts['features'] == summary['features'] and 'UTC' in facts['written']
   scores = next(tree.iter('table'))
   rows = [[td.text() for td in tr.iter('td')] for tr in scores.iter('tr')][1:]
