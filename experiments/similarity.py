@@ -159,9 +159,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = config_from_flags()
   summary = similarity.run_similarity(config)
-  cmc = summary.get('cmc')
-  print(f'{summary["features"]}: {summary["num_queries"]} queries vs {summary["num_items"]} '
-        f'items, {summary["metric"]}' + (f', CMC {cmc}' if cmc else '') + f' -> {config.out_dir}')
+  print(similarity.console_summary(summary))
 
 
 if __name__ == '__main__':

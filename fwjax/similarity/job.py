@@ -18,7 +18,8 @@ Output folder layout::
   features/references.npy         reference features, row i = references.csv row i
   collection.csv, references.csv  index, path of every ranked item / reference image
   R<r>/<metric>/<query>.csv       ranked list: rank, path, distance per metric (ordered by <metric>)
-  R<r>/pages/<query>.html         references and top results as thumbnails (primary metric)
+  R<r>/pages/<query>.html         the reference(s) and every metric's top results side by side
+  index.html                      the run (model, weights, scores, timings) and every query
   cmc.png, inverse_recall.png     curves of every (metric, reference count) with ground truth
 """
 
@@ -127,10 +128,12 @@ def _run_similarity(config: SimilarityConfig, once_accepted: contextlib.ExitStac
                      f'{config.match_scale:g} colour={config.colour} mcncc margin='
                      f'{config.margin:g} flip={config.flip} rotations={config.rotations} '
                      f'shortlist={config.shortlist}')
-  results, curves = [], {}
+  results, curves, rows = [], {}, []
   for num_refs in config.num_references:
-    entries = _rank_and_report(config, out_dir, store, retrieval, refs, items, collection,
-                               item_classes, num_refs, timings, features_text, maps)
+    entries, query_rows = _rank_and_report(config, out_dir, store, retrieval, refs, items,
+                                           collection, item_classes, num_refs, timings,
+                                           features_text, maps)
+    rows += query_rows
     for entry in entries:
       if '_curves' in entry:
         metric, r = entry['metric'], entry['num_references']
@@ -145,11 +148,44 @@ def _run_similarity(config: SimilarityConfig, once_accepted: contextlib.ExitStac
   summary = dict(results[0])
   summary.update(features=features_text, num_items=len(items.paths), timings=timings,
                  skipped=[{'path': str(p), 'reason': r} for p, r in _skipped(retrieval, items)],
-                 collection=retrieval.description, results=results)
+                 collection=retrieval.description, results=results,
+                 index=str(out_dir / retrieval_report.INDEX))
   if left_out:
     summary['left_out'] = left_out
   runs.write_atomic(out_dir / 'summary.json', json.dumps(summary, indent=1, default=str))
+  retrieval_report.write_index(config, out_dir, summary, rows)
   return summary
+
+
+def console_summary(summary: dict[str, Any]) -> str:
+  """What a run prints when it ends: a line per (metric, reference count), then the index.
+
+  Each line has the queries ranked and, where they were scored, precision@k, inverse recall@q,
+  AUIRC and CMC@1%.
+
+  Args:
+    summary: what :func:`run_similarity` returns.
+
+  Returns:
+    The text (lines joined by newlines, no final newline).
+  """
+  lines = [f'{summary["features"]}: {summary["num_items"]} items']
+  width = max(len(e['metric']) for e in summary['results'])
+  for entry in summary['results']:
+    r = entry['num_references']
+    line = (f'  {entry["metric"]:<{width}} R={r}: {entry["num_queries"]} quer'
+            + ('y' if entry['num_queries'] == 1 else 'ies'))
+    scores = [f'{name.replace("inverse_recall", "IR").replace("precision", "P")} {value:.3f}'
+              for name, value in entry.items()
+              if name.startswith(('precision@', 'inverse_recall@'))]
+    if 'auirc' in entry:
+      scores.append(f'AUIRC {entry["auirc"]:.3f}')
+    if 'cmc@1' in entry:
+      scores.append(f'CMC@1% {entry["cmc@1"]:.3f}')
+    line += (' scored: ' + ', '.join(scores)) if scores else ', not scored (no ground truth)'
+    lines.append(line)
+  lines.append(f'index: {summary["index"]}')
+  return '\n'.join(lines)
 
 
 def _skipped(retrieval: RetrievalSet, items: features_lib.FeatureSet
@@ -318,8 +354,10 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
                      collection: distances.Collection, item_classes: np.ndarray | None,
                      num_refs: int, timings: dict[str, dict[str, float]],
                      features_text: str, maps: tuple[spatial.MapSet, spatial.MapSet] | None = None
-                     ) -> list[dict[str, Any]]:
-  """Ranks the queries of one reference count with every metric; one result entry per metric.
+                     ) -> tuple[list[dict[str, Any]], list[Any]]:
+  """Ranks the queries of one reference count with every metric; writes their pages.
+
+  Returns a result entry per metric and the index rows of the queries' pages.
 
   With ``maps`` (``--matcher=mcncc``: the references' and the collection's feature maps) the
   one metric is ``'mcncc'``, its distance ``1 - score``.
@@ -353,10 +391,14 @@ def _rank_and_report(config: SimilarityConfig, out_dir: pathlib.Path,
                                     fusion=config.fusion, shortlist=config.shortlist,
                                     pooled_queries=pooled, progress=config.progress)
     ranked[metric] += (time.perf_counter() - start,)
-  return [_report_one(config, out_dir, store, retrieval, queries, query_feats, items,
-                      item_classes, ranked, metric, num_refs, timings, features_text,
-                      first_call.get(metric))
-          for metric in config.metrics]
+  entries = [_report_one(config, out_dir, store, retrieval, queries, query_feats, items,
+                         item_classes, ranked, metric, num_refs, timings, features_text,
+                         first_call.get(metric))
+             for metric in config.metrics]
+  query_scores = {e['metric']: e.pop('_query_scores', {}) for e in entries}
+  rows = retrieval_report.write_query_pages(config, out_dir, queries, items, item_classes, ranked,
+                                            query_scores, num_refs)
+  return entries, rows
 
 
 def run_key(config: SimilarityConfig, metric: str, num_refs: int) -> tuple[dict[str, Any], str]:
@@ -425,17 +467,18 @@ def _report_one(config: SimilarityConfig, out_dir: pathlib.Path, store: Any,
         entry['_curves'] = (metrics_lib.cmc_curve(first, num_items),
                             (levels, np.asarray(mean_ir)))
         store.log_metrics(run_id, 0, {n: v for n, v in entry.items() if isinstance(v, float)})
+    entry['_query_scores'] = {}
     for row, i in enumerate(scored):
-      store.log_values(run_id, 'query', queries[i].id,
-                       {n: float(v[row]) for n, v in per_query.items()})
+      entry['_query_scores'][i] = {n: float(v[row]) for n, v in per_query.items()}
+      store.log_values(run_id, 'query', queries[i].id, entry['_query_scores'][i])
     for phase, values in timings.items():
       store.log_values(run_id, 'timing', phase, values)
     distance = {'seconds': seconds}
     if first_call_seconds is not None:
       distance['first_call_seconds'] = first_call_seconds
     store.log_values(run_id, 'timing', 'distance', distance)
-    retrieval_report.write_rankings(config, out_dir, collection, queries, query_feats, items, item_classes,
-                    ranked, metric, num_refs, dict(zip(scored, range(len(scored)))), per_query)
+    retrieval_report.write_rankings(config, out_dir, queries, query_feats, items, item_classes,
+                                    ranked, metric, num_refs)
     store.log_artifact(run_id, f'rankings_{metric}_R{num_refs}', str(out_dir / f'R{num_refs}'))
     store.log_artifact(run_id, 'skipped', str(out_dir / SKIPPED))
     summary = {n: v for n, v in entry.items() if not n.startswith('_')}

@@ -1,158 +1,34 @@
-"""What an investigator looks at after a similarity run: one HTML page per query, and plots.
+"""What a similarity run writes for people: ranked lists (CSV), HTML pages and plots.
 
-Each page is self-contained (thumbnails are inline base64 PNGs), so it can be copied off the
-machine that ran the ranking, attached to a case file, or opened from a USB stick without the
-collection beside it. Plots are built as ``matplotlib.figure.Figure`` objects (no pyplot: no
-display, and the user's matplotlib backend is never changed).
+The job hands its arrays to the writers here: :func:`write_rankings` (a CSV per query and
+metric), :func:`write_query_pages` (a page per query and reference count, every metric side by
+side), :func:`write_index` (the run's ``index.html``) and the two plots. The HTML itself is
+built in ``fwjax.similarity.pages``. Plots are ``matplotlib.figure.Figure`` objects (no pyplot:
+no display, and the user's matplotlib backend is never changed).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
+import datetime
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
 from fwjax import distances
-from fwjax.data.retrieval_sets import RetrievalSet
+from fwjax import runs
+from fwjax.data.retrieval_sets import Query
 from fwjax.similarity import features as features_lib
+from fwjax.similarity import pages
 from fwjax.similarity.config import SimilarityConfig
 
-# Thumbnails are decoded from the originals (up to 100 Mpx scans): the cap keeps a page with 50
-# results in the low megabytes and the decode bounded.
-THUMBNAIL_SIZE = 192
-
-
-def thumbnail_png(path: str | pathlib.Path, size: int = THUMBNAIL_SIZE) -> str | None:
-  """Returns a base64 PNG thumbnail of an image file, or None when the file cannot be read.
-
-  Args:
-    path: image file.
-    size: the longer side of the thumbnail in pixels (aspect ratio kept).
-
-  Returns:
-    The base64 text of a PNG (for a ``data:image/png;base64,`` URL), or None for a file Pillow
-    cannot decode (the page then says so instead of showing a picture).
-  """
-  try:
-    with Image.open(path) as image:
-      # draft() lets the JPEG decoder downscale while decoding: a 15000x7000 scan is not
-      # fully decoded just to show 192 pixels of it.
-      image.draft('L', (size, size))
-      image = image.convert('L')
-      image.thumbnail((size, size), Image.Resampling.BILINEAR)
-      buffer = io.BytesIO()
-      image.save(buffer, format='PNG', optimize=True)
-  except (OSError, ValueError, Image.DecompressionBombError):
-    return None
-  return base64.b64encode(buffer.getvalue()).decode('ascii')
-
-
-def _figure(path: str | pathlib.Path | None, label: str) -> str:
-  """Returns the HTML of one thumbnail with a caption (path text when no image)."""
-  encoded = thumbnail_png(path) if path is not None else None
-  if encoded is None:
-    picture = '<div class="missing">image not readable</div>'
-  else:
-    picture = f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(str(path))}">'
-  return f'<figure>{picture}<figcaption>{label}</figcaption></figure>'
-
-
-_STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-section { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; width: 200px; text-align: center; }
-figure img { max-width: 192px; max-height: 192px; border: 1px solid #999; }
-figure.relevant img { border: 3px solid #1a8f1a; }
-figcaption { font-size: 12px; word-break: break-all; }
-.missing { width: 192px; height: 96px; background: #eee; line-height: 96px; font-size: 12px; }
-table { border-collapse: collapse; font-size: 13px; }
-td, th { border: 1px solid #bbb; padding: 2px 8px; text-align: left; }
-"""
-
-
-def query_page(
-    out_path: str | pathlib.Path,
-    *,
-    query_id: str,
-    references: Sequence[str | pathlib.Path],
-    results: Sequence[str | pathlib.Path],
-    distances: Sequence[float],
-    metric: str,
-    relevant: Sequence[bool] | None = None,
-    scores: Mapping[str, float] | None = None,
-    skipped: Sequence[tuple[str, str]] = (),
-    title: str = 'Similarity ranking',
-) -> pathlib.Path:
-  """Writes one self-contained HTML page: the reference image(s) and the top results.
-
-  Args:
-    out_path: the .html file to write (parent folders are created).
-    query_id: the query's name, shown in the heading.
-    references: the reference image(s) the collection was ranked against.
-    results: the top-ranked collection items, best first.
-    distances: their distances to the reference(s), same order as ``results``.
-    metric: name of the distance, shown with each distance.
-    relevant: where ground truth is known, whether each result is a correct match (outlined in
-      green and marked in its caption).
-    scores: where ground truth is known, this query's scores (precision@k, ...), shown as a table.
-    skipped: (path, reason) of collection images that could not be read and were left out of the
-      ranking; listed on the page so the investigator knows what was not searched.
-    title: page title.
-
-  Returns:
-    The path written.
-
-  Raises:
-    ValueError: when ``results``, ``distances`` and ``relevant`` differ in length.
-  """
-  if len(results) != len(distances) or (relevant is not None and len(relevant) != len(results)):
-    raise ValueError(f'query {query_id}: {len(results)} results, {len(distances)} distances'
-                     + ('' if relevant is None else f', {len(relevant)} relevance flags')
-                     + ': they must have one entry per result')
-  parts = [
-      '<!DOCTYPE html><html><head><meta charset="utf-8">',
-      f'<title>{html.escape(title)}: {html.escape(query_id)}</title>',
-      f'<style>{_STYLE}</style></head><body>',
-      f'<h1>{html.escape(title)}: query {html.escape(query_id)}</h1>',
-      f'<h2>Reference{"s" if len(references) > 1 else ""} ({len(references)})</h2><section>',
-  ]
-  for path in references:
-    parts.append(_figure(path, html.escape(str(path))))
-  parts.append('</section>')
-  if scores:
-    parts.append('<h2>Scores</h2><table><tr><th>score</th><th>value</th></tr>')
-    for name, value in scores.items():
-      parts.append(f'<tr><td>{html.escape(name)}</td><td>{value:.4f}</td></tr>')
-    parts.append('</table>')
-  parts.append(f'<h2>Top {len(results)} by {html.escape(metric)} distance</h2><section>')
-  for rank, (path, distance) in enumerate(zip(results, distances), start=1):
-    is_relevant = relevant is not None and bool(relevant[rank - 1])
-    caption = (f'#{rank} &middot; {html.escape(metric)} {float(distance):.4g}'
-               + (' &middot; <b>match</b>' if is_relevant else '')
-               + f'<br>{html.escape(str(path))}')
-    figure = _figure(path, caption)
-    if is_relevant:
-      figure = figure.replace('<figure>', '<figure class="relevant">', 1)
-    parts.append(figure)
-  parts.append('</section>')
-  if skipped:
-    parts.append(f'<h2>Left out of the ranking: {len(skipped)} unreadable image(s)</h2><ul>')
-    for path, reason in skipped:
-      parts.append(f'<li>{html.escape(str(path))}: {html.escape(reason)}</li>')
-    parts.append('</ul>')
-  parts.append('</body></html>')
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text('\n'.join(parts), encoding='utf-8')
-  return out_path
+PLOTS = ('cmc.png', 'inverse_recall.png')
+# Columns of the index's scores table that label a row or time it: never marked best.
+SCORE_LABELS = ('metric', 'R', 'queries', 'distance seconds')
+INDEX = 'index.html'
 
 
 def plot_cmc(out_path: str | pathlib.Path,
@@ -238,13 +114,16 @@ def _safe(name: str) -> str:
   return ''.join(c if c.isalnum() or c in '-_.+' else '_' for c in name)
 
 
-def write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: RetrievalSet,
-                    queries: list[Any], query_feats: np.ndarray, items: features_lib.FeatureSet,
-                    item_classes: np.ndarray | None,
-                    ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
-                    num_refs: int, scored_row: dict[int, int],
-                    per_query: dict[str, np.ndarray]) -> None:
-  """CSV per query (every metric's distance, ordered by ``metric``); HTML for the first metric."""
+def write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, queries: list[Query],
+                   query_feats: np.ndarray, items: features_lib.FeatureSet,
+                   item_classes: np.ndarray | None,
+                   ranked: dict[str, tuple[np.ndarray, np.ndarray, float]], metric: str,
+                   num_refs: int) -> None:
+  """A CSV per query: rank, path, every metric's distance, ordered by ``metric``.
+
+  Distances are written with the shortest text that reads back as the same float (numpy's
+  round-trip repr), so two distinct distances never print alike.
+  """
   dist, order, _ = ranked[metric]
   dist, order = dist[:, :config.k or None], order[:, :config.k or None]
   num_items = len(items.paths)
@@ -271,15 +150,144 @@ def write_rankings(config: SimilarityConfig, out_dir: pathlib.Path, collection: 
       writer = csv.writer(f)
       writer.writerow(['rank', 'path', *columns] + (['relevant'] if relevant is not None else []))
       for r, index in enumerate(order[i]):
-        row = [r + 1, str(items.paths[index])] + [f'{columns[m][r]:.6g}' for m in columns]
+        row = [r + 1, str(items.paths[index])] + [str(columns[m][r]) for m in columns]
         writer.writerow(row + ([int(relevant[r])] if relevant is not None else []))
-    if metric == config.metrics[0]:
-      top = min(config.html_top, len(order[i]))
-      scores = ({n: float(v[scored_row[i]]) for n, v in per_query.items()}
-                if i in scored_row else None)
-      query_page(
-          folder / 'pages' / f'{_safe(query.id)}.html', query_id=query.id,
-          references=query.references, results=[items.paths[j] for j in order[i][:top]],
-          distances=dist[i][:top], metric=metric,
-          relevant=None if relevant is None else relevant[:top], scores=scores,
-          skipped=[(str(p), r) for p, r in items.skipped], title=config.name)
+
+
+def query_page_path(out_dir: pathlib.Path, num_refs: int, query_id: str) -> pathlib.Path:
+  """Where the page of one query and reference count is written."""
+  return out_dir / f'R{num_refs}' / 'pages' / f'{_safe(query_id)}.html'
+
+
+def write_query_pages(config: SimilarityConfig, out_dir: pathlib.Path, queries: list[Query],
+                      items: features_lib.FeatureSet, item_classes: np.ndarray | None,
+                      ranked: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+                      query_scores: Mapping[str, Mapping[int, Mapping[str, float]]],
+                      num_refs: int) -> list[pages.IndexRow]:
+  """A page per query of one reference count, every metric's top ``html_top`` side by side.
+
+  Args:
+    config: the run's settings (metrics, ``html_top``, ``name``).
+    out_dir: the run folder.
+    queries: the queries of this reference count.
+    items: the ranked collection.
+    item_classes: the class of every item, where known.
+    ranked: metric -> (distances, order, seconds), rows in ``queries`` order, best first.
+    query_scores: metric -> {query index: that query's scores}, for the scored queries.
+    num_refs: the reference count.
+
+  Returns:
+    The index's row of every query, in order.
+  """
+  rows = []
+  skipped = [(str(p), r) for p, r in items.skipped]
+  for i, query in enumerate(queries):
+    results, first_match = [], {}
+    for metric in config.metrics:
+      dist, order, _ = ranked[metric]
+      relevant = first = None
+      if query.target is not None and item_classes is not None:
+        # With ground truth the full order is ranked, so the first match's rank is exact.
+        relevant = item_classes[order[i]] == query.target
+        first = int(np.argmax(relevant)) + 1 if relevant.any() else None
+      top = min(config.html_top, order.shape[1])
+      results.append(pages.MetricResults(
+          metric, [items.paths[j] for j in order[i][:top]], dist[i][:top],
+          None if relevant is None else relevant[:top],
+          query_scores.get(metric, {}).get(i)))
+      first_match[metric] = first
+    page = query_page_path(out_dir, num_refs, query.id)
+    pages.query_page(page, query_id=query.id, references=query.references, results=results,
+                     target=query.target, skipped=skipped, title=config.name, root=out_dir,
+                     index=out_dir / INDEX)
+    rows.append(pages.IndexRow(num_refs, query.id, query.references, query.target,
+                               first_match, page))
+  return rows
+
+
+def weights_text(config: SimilarityConfig) -> str:
+  """The weights file's name and SHA-256, or the random initialisation's seed."""
+  if config.weights is None:
+    return f'random initialisation (seed {config.seed})'
+  path = pathlib.Path(config.weights).expanduser()
+  digest = runs.weights_identity(path).removeprefix('sha256:')
+  what = 'SHA-256 of its files' if path.is_dir() else 'SHA-256'
+  return f'{path.name} ({what} {digest})'
+
+
+def _seconds(values: Mapping[str, float], name: str) -> str:
+  value = values.get(name)
+  return '?' if value is None else f'{value:.2f} s'
+
+
+def _extraction_text(extraction: Mapping[str, float]) -> str:
+  extracted = int(extraction.get('images_extracted', 0))
+  cached = int(extraction.get('images_from_cache', 0))
+  if not extracted:
+    return f'all {cached} images from the feature cache'
+  return (f'{_seconds(extraction, "seconds")} for {extracted} images '
+          f'({extraction["seconds_per_10000_images"]:.1f} s per 10,000)'
+          + (f'; {cached} more from the feature cache' if cached else ''))
+
+
+def write_index(config: SimilarityConfig, out_dir: pathlib.Path, summary: Mapping[str, Any],
+                rows: Sequence[pages.IndexRow]) -> pathlib.Path:
+  """Writes the run's ``index.html`` from its summary and the rows of every query page.
+
+  Args:
+    config: the run's settings (for MCNCC, ``metrics`` is ``('mcncc',)``).
+    out_dir: the run folder.
+    summary: what :func:`fwjax.similarity.job.run_similarity` returns.
+    rows: every query page's row.
+
+  Returns:
+    The path written.
+  """
+  if config.matcher == 'mcncc':
+    size = f'feature maps at scale {config.match_scale:g} (each image keeps its aspect)'
+  else:
+    size = f'{config.height}x{config.width} ({config.policy}, {config.composition})'
+  skipped = len(summary.get('skipped', ()))
+  facts = {
+      'model': f'{config.arch}, stage {config.stage}, input {size}',
+      'weights': weights_text(config),
+      'features': summary['features'],
+      'metrics': ', '.join(config.metrics) + (
+          f' (several references fused by {config.fusion})'
+          if max(config.num_references) > 1 else ''),
+      'reference counts': ', '.join(map(str, config.num_references)),
+      'collection': f'{summary["collection"]}; {summary["num_items"]} images ranked'
+                    + (f', {skipped} unreadable left out' if skipped else ''),
+      'written': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'),
+  }
+  scores = []
+  for entry in summary['results']:
+    row: dict[str, Any] = {'metric': entry['metric'], 'R': entry['num_references'],
+                           'queries': entry['num_queries']}
+    for name, value in entry.items():
+      if name.startswith(('precision@', 'inverse_recall@', 'auirc', 'cmc@')):
+        row[name] = value
+    if 'first_match_rank' in entry:
+      row['mean first match'] = entry['first_match_rank']
+    row['distance seconds'] = entry['distance_seconds']
+    scores.append(row)
+  timings = summary['timings']
+  build = timings.get('model_build', {})
+  timing_text = {
+      'model build': f'{_seconds(build, "seconds")} (load {_seconds(build, "load_seconds")}, '
+                     f'compile {_seconds(build, "compile_seconds")})',
+      'feature extraction': _extraction_text(timings.get('feature_extraction', {})),
+      'distances': f'{sum(e["distance_seconds"] for e in summary["results"]):.2f} s in all '
+                   '(per metric and reference count: the scores table)',
+  }
+  links = [(name, name) for name in ('summary.json', 'flags.txt', 'collection.csv',
+                                     'references.csv') if (out_dir / name).exists()]
+  if skipped:
+    links.append((f'skipped.csv ({skipped} unreadable)', 'skipped.csv'))
+  return pages.index_page(
+      out_dir / INDEX, title=config.name, facts=facts, scores=scores,
+      compared=[c for c in dict.fromkeys(c for row in scores for c in row)
+                if c not in SCORE_LABELS],
+      timings=timing_text,
+      rows=rows, metrics=config.metrics, links=links,
+      plots=[p for p in PLOTS if (out_dir / p).exists()])

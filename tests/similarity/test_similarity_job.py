@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy.spatial import distance as scipy_distance
 
+from fwjax import distances
 from fwjax import metrics
 from fwjax.similarity import job as similarity
 from fwjax.similarity.config import SimilarityConfig
@@ -108,6 +109,11 @@ def test_fid300_layout_end_to_end(tmp_path, assert_picture):
     expected = scipy_distance.cdist(query[None], items[order], metric)[0]
     np.testing.assert_allclose([float(r[metric]) for r in rows], expected, rtol=1e-4, atol=1e-5)
   assert np.all(np.diff([float(r['cosine']) for r in rows]) >= 0)
+  # The CSV holds the ranking's own float32 distances, exactly (round-trip text): the job
+  # ranks every R = 1 query (the first references, in order) in one call.
+  dist, _ = distances.rank(refs[:len(PROBES)], distances.Collection(items), 'cosine')
+  row = ref_paths.index(str(root / 'probes' / '00003.jpg'))
+  np.testing.assert_array_equal(np.float32([float(r['cosine']) for r in rows]), dist[row])
 
   # Two fused references ('sum'): the CSV distance is the sum over both probes.
   rows = _read_csv(out / 'R2' / 'euclidean' / '00001+00002.csv')
@@ -116,9 +122,9 @@ def test_fid300_layout_end_to_end(tmp_path, assert_picture):
   expected = scipy_distance.cdist(pair, items[order]).sum(axis=0)
   np.testing.assert_allclose([float(r['euclidean']) for r in rows], expected, rtol=1e-4)
 
-  # An HTML page per query with the reference(s) and the top results inline, plots, the store.
+  # A page per query with the reference(s) and every metric's top results inline, plots, store.
   page = (out / 'R2' / 'pages' / '00001+00002.html').read_text()
-  assert len(re.findall('data:image/png;base64,', page)) == 2 + 5
+  assert len(re.findall('data:image/png;base64,', page)) == 2 + 2 * 5  # top 5 of both metrics
   assert len(list((out / 'R1' / 'pages').glob('*.html'))) == len(PROBES)
   for plot in ('cmc.png', 'inverse_recall.png'):
     assert_picture(out / plot, min_size=(300, 400))
