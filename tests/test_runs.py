@@ -91,7 +91,8 @@ def test_compute_dtype_names_the_flag():
 # --flag named in a raise statement of the library must be a flag of each job that imports
 # the module raising it (each entry point in its own process: both define --manifest ...).
 
-ENTRY_POINTS = ('experiments.descriptor', 'experiments.similarity', 'experiments.grid')
+ENTRY_POINTS = ('experiments.descriptor', 'experiments.similarity', 'experiments.grid',
+                'experiments.compare')
 _FLAG = re.compile(r'(?<![\w-])--([a-z][a-z0-9_]*)')
 
 
