@@ -62,6 +62,9 @@ def main(argv):
   except (ValueError, FileNotFoundError) as error:
     raise app.UsageError(str(error)) from error
   base.weights = None
+  if flags.FLAGS['arch'].present:  # e.g. from a similarity flag file: said, not dropped silently
+    print(f'--arch={flags.FLAGS.arch} is not used: the comparison runs --archs '
+          f'({", ".join(_ARCHS.value)})')
   if not _REPORT_ONLY.value:
     compare.run_comparison(base, _ARCHS.value, _REPEATS.value, weights=weights,
                            cold=_COLD.value)
