@@ -34,39 +34,55 @@ THUMBNAIL_SIZE = 192
 INDEX_THUMBNAIL_SIZE = 80
 
 
-def thumbnail_png(path: str | pathlib.Path, size: int = THUMBNAIL_SIZE) -> str | None:
-  """Returns a base64 PNG thumbnail of an image file, or None when the file cannot be read.
+def thumbnail_url(path: str | pathlib.Path, size: int = THUMBNAIL_SIZE) -> str | None:
+  """Returns a thumbnail of an image file as a ``data:`` URL, or None when it cannot be read.
+
+  Greyscale images (marks, scans; also colour files whose three channels are equal) become a
+  lossless grey PNG; colour photographs keep their colour, as a JPEG (a colour PNG of a photo is
+  several times larger, and a seized collection's pages hold hundreds of them).
 
   Args:
     path: image file.
     size: the longer side of the thumbnail in pixels (aspect ratio kept).
 
   Returns:
-    The base64 text of a PNG (for a ``data:image/png;base64,`` URL), or None for a file Pillow
+    ``data:image/png;base64,...`` or ``data:image/jpeg;base64,...``, or None for a file Pillow
     cannot decode (the page then says so instead of showing a picture).
   """
   try:
     with Image.open(path) as image:
       # draft() lets the JPEG decoder downscale while decoding: a 15000x7000 scan is not
       # fully decoded just to show 192 pixels of it.
-      image.draft('L', (size, size))
-      image = image.convert('L')
+      image.draft(image.mode if image.mode in ('L', 'RGB') else 'RGB', (size, size))
+      if image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F'):
+        image = image.convert('L')
+      else:
+        image = image.convert('RGB')
       image.thumbnail((size, size), Image.Resampling.BILINEAR)
+      if image.mode == 'RGB':
+        rgb = np.asarray(image)
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+          image = image.convert('L')
       buffer = io.BytesIO()
-      image.save(buffer, format='PNG', optimize=True)
+      if image.mode == 'L':
+        image.save(buffer, format='PNG', optimize=True)
+        kind = 'png'
+      else:
+        image.save(buffer, format='JPEG', quality=90)
+        kind = 'jpeg'
   except (OSError, ValueError, Image.DecompressionBombError):
     return None
-  return base64.b64encode(buffer.getvalue()).decode('ascii')
+  return f'data:image/{kind};base64,' + base64.b64encode(buffer.getvalue()).decode('ascii')
 
 
 @functools.lru_cache(maxsize=1024)
 def _thumbnail_of_version(path: str, size: int, version: tuple[int, int]) -> str | None:
   del version  # part of the cache key only: a file rewritten since gets a new thumbnail
-  return thumbnail_png(path, size)
+  return thumbnail_url(path, size)
 
 
 def _thumbnail(path: str | pathlib.Path, size: int) -> str | None:
-  """``thumbnail_png``, decoded once per file version: the top items recur over queries."""
+  """``thumbnail_url``, decoded once per file version: the top items recur over queries."""
   try:
     stat = os.stat(path)
   except OSError:
@@ -204,7 +220,7 @@ def _img(path: str | pathlib.Path, size: int) -> str:
   encoded = _thumbnail(path, size)
   if encoded is None:
     return '<div class="missing">image not readable</div>'
-  return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(str(path))}">'
+  return f'<img src="{encoded}" alt="{html.escape(str(path))}">'
 
 
 def _figure(path: str | pathlib.Path, caption: str, href: str, relevant: bool = False) -> str:

@@ -34,16 +34,37 @@ def _resolve(href, page):
   return (pathlib.Path(page).parent / urllib.parse.unquote(href)).resolve()
 
 
+def _from_url(url, kind):
+  prefix = f'data:image/{kind};base64,'
+  assert url.startswith(prefix), url[:30]
+  return Image.open(io.BytesIO(base64.b64decode(url[len(prefix):])))
+
+
 def test_thumbnail_keeps_aspect_and_decodes(tmp_path):
   path = _image(tmp_path / 'tall.png', (600, 150), 77)
-  thumb = Image.open(io.BytesIO(base64.b64decode(pages.thumbnail_png(path, 192))))
-  assert thumb.size == (48, 192)
+  thumb = _from_url(pages.thumbnail_url(path, 192), 'png')
+  assert thumb.size == (48, 192) and thumb.mode == 'L'
   assert np.asarray(thumb).max() == 77
+  # A grey picture stored as RGB (many scans are) is shown as the grey PNG it is.
+  Image.open(path).convert('RGB').save(tmp_path / 'rgb.png')
+  assert _from_url(pages.thumbnail_url(tmp_path / 'rgb.png', 192), 'png').mode == 'L'
+
+
+def test_thumbnail_of_a_colour_photograph_keeps_its_colour(shared_dir):
+  path = shared_dir / 'data' / 'imagenet_samples' / 'cat.jpg'
+  thumb = _from_url(pages.thumbnail_url(path, 192), 'jpeg')
+  assert thumb.mode == 'RGB' and max(thumb.size) == 192
+  with Image.open(path) as original:
+    expected = np.asarray(original.convert('RGB').resize(thumb.size, Image.Resampling.BOX),
+                          np.float64)
+  got = np.asarray(thumb, np.float64)
+  assert np.abs(got - expected).mean() < 8  # the photograph, downscaled (JPEG-compressed)
+  assert np.abs(got[..., 0] - got[..., 2]).mean() > 10  # in colour, not grey
 
 
 def test_thumbnail_of_unreadable_file_is_none(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'not an image')
-  assert pages.thumbnail_png(tmp_path / 'bad.png') is None
+  assert pages.thumbnail_url(tmp_path / 'bad.png') is None
 
 
 # --- distance digits ---------------------------------------------------------------------------
