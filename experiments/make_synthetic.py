@@ -47,6 +47,13 @@ def main(argv):
     if not _PHOTOS.value:
       raise app.UsageError('--mode=photo_folders needs --photos (a folder of photographs)')
     photos, _ = retrieval_sets.list_images(pathlib.Path(_PHOTOS.value))
+    if not photos:
+      raise app.UsageError(f'--photos: no images in {_PHOTOS.value}')
+    stems = [p.stem for p in photos]
+    twins = sorted({s for s in stems if stems.count(s) > 1})
+    if twins:  # a class per file name: two files of one name would silently become one class
+      raise app.UsageError(f'--photos: several files named {", ".join(twins)} (one class per '
+                           'name); rename them')
     distractors = []
     if _DISTRACTORS.value:
       distractors, _ = retrieval_sets.list_images(pathlib.Path(_DISTRACTORS.value))

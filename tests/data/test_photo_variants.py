@@ -1,5 +1,9 @@
 """Class folders of photograph variants (fwjax.data.photo_variants) on the shared colour photos."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -52,3 +56,18 @@ def test_refused_settings(tmp_path, photos):
                                         distractors=[photos['cat']])
   with pytest.raises(FileNotFoundError, match='class .dog. not found'):
     photo_variants.make_variant_folders(tmp_path, {'dog': tmp_path / 'dog.jpg'}, 2)
+
+
+def test_entry_point_refuses_two_photographs_of_one_name(tmp_path, photos):
+  # One class per file name: cat.jpg and cat.png would become one class, silently.
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  (folder / 'cat.jpg').write_bytes(photos['cat'].read_bytes())
+  Image.open(photos['cat']).save(folder / 'cat.png')
+  done = subprocess.run([sys.executable, '-m', 'experiments.make_synthetic', '--mode=photo_folders',
+                         f'--out={tmp_path / "out"}', '--n=2', f'--photos={folder}'],
+                        cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode != 0
+  assert '--photos: several files named cat' in done.stderr
+  assert not (tmp_path / 'out').exists()
